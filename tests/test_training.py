@@ -1,0 +1,130 @@
+"""scripts/sft.py and scripts/dpo.py on every tiny family, with LoRA and QLoRA, and every real recipe.
+
+The tests call each script's `main()` with the arguments a user would pass and check what training
+did: every trainable parameter moved, every frozen one (4-bit base weights included) did not.
+"""
+
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from helpers import REPO, load_script
+from test_recipes import RECIPES, recipe_dataclasses
+
+from selfalign.config import parse_recipe
+from selfalign.tiny_data import preference_dataset, save_hub_layout, sft_dataset
+from selfalign.tiny_zoo import FAMILIES
+
+# The tiny family that shares each seed model's architecture.
+SEED_MODEL_FAMILY = {
+    "llava-1.5-7b": "llava",
+    "llava-1.5-13b": "llava",
+    "llava-v1.6-mistral-7b": "llava_next",
+    "qwen2-vl-7b-instruct": "qwen2_vl",
+    "qwen2.5-vl-7b-instruct": "qwen2_5_vl",
+}
+SEED_RECIPES = [path for path in RECIPES if path.parts[-3] in SEED_MODEL_FAMILY]
+
+
+@pytest.fixture(scope="session")
+def local_datasets(tmp_path_factory) -> dict[str, Path]:
+    """The tiny preference and SFT sets, written in Hub layout to local folders."""
+    root = tmp_path_factory.mktemp("datasets")
+    return {
+        "dpo": save_hub_layout(preference_dataset(num_rows=4, seed=1), root / "pairs"),
+        "sft": save_hub_layout(sft_dataset(num_rows=4, seed=1), root / "sft"),
+    }
+
+
+def parameter_values(model) -> dict[str, torch.Tensor]:
+    """Every parameter's value; a 4-bit weight is read as its layer's output for the identity input.
+
+    bitsandbytes repacks 4-bit storage for its CPU kernel, so the raw bytes can change while the weight
+    does not. The identity input requires grad because a no-grad forward in eval mode triggers that
+    repacking, after which backward through the layer gives zero input gradients.
+    """
+    values = {name: param.detach().clone() for name, param in model.named_parameters()}
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            identity = torch.eye(module.in_features, requires_grad=True)
+            values[f"{name}.weight"] = module(identity).detach()
+    return values
+
+
+def run_main(script: str, args: list[str]):
+    """Run `scripts/<script>.py`'s main() on a command line; return its trainer and the parameters before training."""
+    module = load_script(script)
+    trainer_class = getattr(module, f"{script.upper()}Trainer")
+    seen = {}
+
+    class ProbedTrainer(trainer_class):
+        def train(self, *train_args, **train_kwargs):
+            seen["trainer"] = self
+            seen["before"] = parameter_values(self.model)
+            return super().train(*train_args, **train_kwargs)
+
+    setattr(module, trainer_class.__name__, ProbedTrainer)
+    config_class = getattr(module, f"{script.upper()}Config")
+    module.main(*parse_recipe((module.ScriptArguments, config_class, module.ModelConfig, module.DatasetMixtureConfig), args))
+    return seen["trainer"], seen["before"]
+
+
+@pytest.mark.parametrize("adaptation", ["lora", "qlora"])
+@pytest.mark.parametrize("script", ["sft", "dpo"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_recipe_trains_adapters_only(family, script, adaptation, tiny_model_dirs, local_datasets, tmp_path):
+    output_dir = tmp_path / "out"
+    trainer, before = run_main(script, [
+        "--config", str(REPO / "recipes" / "tiny" / f"{script}_{adaptation}.yaml"),
+        "--model_name_or_path", str(tiny_model_dirs[family]),
+        "--dataset_name", str(local_datasets[script]),
+        "--output_dir", str(output_dir),
+    ])
+
+    after = parameter_values(trainer.model)
+    trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert not any("vision_tower" in name or "visual" in name for name in trainable), "adapters stay on the LM"
+    still = [name for name in trainable if torch.equal(after[name], before[name])]
+    assert not still, f"trainable parameters that did not move: {still[:5]}"
+    moved = [name for name in after.keys() - trainable if not torch.equal(after[name], before[name])]
+    assert not moved, f"frozen parameters that moved: {moved[:5]}"
+    if adaptation == "qlora":
+        assert any(type(param).__name__ == "Params4bit" for param in trainer.model.parameters()), "base must be 4-bit"
+
+    assert (output_dir / "adapter_model.safetensors").is_file()
+    assert (output_dir / "train_results.json").is_file()
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card
+    assert "library_name: peft" in card
+
+
+@pytest.mark.parametrize("recipe", SEED_RECIPES, ids=lambda path: str(path.relative_to(REPO / "recipes")))
+def test_seed_recipe_trains_on_tiny_model_of_its_architecture(recipe, tiny_model_dirs, local_datasets, tmp_path):
+    """The real recipe, unchanged but for model, data, length and device, runs end to end."""
+    script = script_for(recipe)
+    output_dir = tmp_path / "out"
+    trainer, _ = run_main(script, [
+        "--config", str(recipe),
+        "--model_name_or_path", str(tiny_model_dirs[SEED_MODEL_FAMILY[recipe.parts[-3]]]),
+        "--dataset_name", str(local_datasets[script]),
+        "--output_dir", str(output_dir),
+        "--max_steps", "1",
+        "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "1",
+        "--save_strategy", "no",
+        "--use_cpu", "true",
+    ])
+    assert trainer.state.global_step == 1
+    assert (output_dir / "README.md").is_file()
+    weights = "adapter_model.safetensors" if trainer.args.model_init_kwargs and recipe_uses_peft(recipe) else None
+    assert weights is None or (output_dir / weights).is_file()
+
+
+def script_for(recipe: Path) -> str:
+    return "dpo" if recipe_dataclasses(recipe)[1].__name__ == "DPOConfig" else "sft"
+
+
+def recipe_uses_peft(recipe: Path) -> bool:
+    return "use_peft: true" in recipe.read_text()
