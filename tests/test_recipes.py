@@ -5,12 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
+from helpers import REPO, run_script
 from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, SFTConfig
 
 from selfalign.config import RecipeError, parse_recipe
 from selfalign.train.arguments import ScriptArguments
-
-from helpers import REPO, run_script
 
 TRAINING_CONFIGS = {"dpo": DPOConfig, "sft": SFTConfig}
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
@@ -22,7 +21,9 @@ def recipe_dataclasses(recipe: Path) -> tuple:
     for script, config in TRAINING_CONFIGS.items():
         if recipe.stem.startswith(script) or f"_{script}" in recipe.stem:
             return (ScriptArguments, config, ModelConfig, DatasetMixtureConfig)
-    raise AssertionError(f"{recipe}: no test knows which script reads this recipe; add it to TRAINING_CONFIGS")
+    raise AssertionError(
+        f"{recipe}: no test knows which script reads this recipe; add it to TRAINING_CONFIGS"
+    )
 
 
 def test_recipes_exist_for_every_seed_model():
@@ -62,7 +63,9 @@ def test_command_line_overrides_recipe():
 
 def test_csr_recipe_carries_the_paper_hyperparameters():
     recipe = REPO / "recipes" / "llava-1.5-7b" / "csr" / "dpo_lora.yaml"
-    _, training_args, model_args, _ = parse_recipe(recipe_dataclasses(recipe), ["--config", str(recipe), "--use_cpu", "true"])
+    _, training_args, model_args, _ = parse_recipe(
+        recipe_dataclasses(recipe), ["--config", str(recipe), "--use_cpu", "true"]
+    )
     assert (model_args.lora_r, model_args.lora_alpha) == (128, 256)
     assert training_args.learning_rate == 1e-7
     assert training_args.beta == 0.1
@@ -86,7 +89,9 @@ def test_bad_recipe_names_key_and_file(tmp_path, text, expected):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)
     with pytest.raises(RecipeError) as error:
-        parse_recipe(recipe_dataclasses(REPO / "recipes" / "tiny" / "dpo_lora.yaml"), ["--config", str(recipe)])
+        parse_recipe(
+            recipe_dataclasses(REPO / "recipes" / "tiny" / "dpo_lora.yaml"), ["--config", str(recipe)]
+        )
     assert str(recipe) in str(error.value)
     assert expected in str(error.value)
 

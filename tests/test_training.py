@@ -66,32 +66,49 @@ def run_main(script: str, args: list[str]):
 
     setattr(module, trainer_class.__name__, ProbedTrainer)
     config_class = getattr(module, f"{script.upper()}Config")
-    module.main(*parse_recipe((module.ScriptArguments, config_class, module.ModelConfig, module.DatasetMixtureConfig), args))
+    module.main(
+        *parse_recipe(
+            (module.ScriptArguments, config_class, module.ModelConfig, module.DatasetMixtureConfig), args
+        )
+    )
     return seen["trainer"], seen["before"]
 
 
 @pytest.mark.parametrize("adaptation", ["lora", "qlora"])
 @pytest.mark.parametrize("script", ["sft", "dpo"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_recipe_trains_adapters_only(family, script, adaptation, tiny_model_dirs, local_datasets, tmp_path):
+def test_tiny_recipe_trains_adapters_only(
+    family, script, adaptation, tiny_model_dirs, local_datasets, tmp_path
+):
     output_dir = tmp_path / "out"
-    trainer, before = run_main(script, [
-        "--config", str(REPO / "recipes" / "tiny" / f"{script}_{adaptation}.yaml"),
-        "--model_name_or_path", str(tiny_model_dirs[family]),
-        "--dataset_name", str(local_datasets[script]),
-        "--output_dir", str(output_dir),
-    ])
+    trainer, before = run_main(
+        script,
+        [
+            "--config",
+            str(REPO / "recipes" / "tiny" / f"{script}_{adaptation}.yaml"),
+            "--model_name_or_path",
+            str(tiny_model_dirs[family]),
+            "--dataset_name",
+            str(local_datasets[script]),
+            "--output_dir",
+            str(output_dir),
+        ],
+    )
 
     after = parameter_values(trainer.model)
     trainable = {name for name, param in trainer.model.named_parameters() if param.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
-    assert not any("vision_tower" in name or "visual" in name for name in trainable), "adapters stay on the LM"
+    assert not any("vision_tower" in name or "visual" in name for name in trainable), (
+        "adapters stay on the LM"
+    )
     still = [name for name in trainable if torch.equal(after[name], before[name])]
     assert not still, f"trainable parameters that did not move: {still[:5]}"
     moved = [name for name in after.keys() - trainable if not torch.equal(after[name], before[name])]
     assert not moved, f"frozen parameters that moved: {moved[:5]}"
     if adaptation == "qlora":
-        assert any(type(param).__name__ == "Params4bit" for param in trainer.model.parameters()), "base must be 4-bit"
+        assert any(type(param).__name__ == "Params4bit" for param in trainer.model.parameters()), (
+            "base must be 4-bit"
+        )
 
     assert (output_dir / "adapter_model.safetensors").is_file()
     assert (output_dir / "train_results.json").is_file()
@@ -101,24 +118,40 @@ def test_tiny_recipe_trains_adapters_only(family, script, adaptation, tiny_model
 
 
 @pytest.mark.parametrize("recipe", SEED_RECIPES, ids=lambda path: str(path.relative_to(REPO / "recipes")))
-def test_seed_recipe_trains_on_tiny_model_of_its_architecture(recipe, tiny_model_dirs, local_datasets, tmp_path):
+def test_seed_recipe_trains_on_tiny_model_of_its_architecture(
+    recipe, tiny_model_dirs, local_datasets, tmp_path
+):
     """The real recipe, unchanged but for model, data, length and device, runs end to end."""
     script = script_for(recipe)
     output_dir = tmp_path / "out"
-    trainer, _ = run_main(script, [
-        "--config", str(recipe),
-        "--model_name_or_path", str(tiny_model_dirs[SEED_MODEL_FAMILY[recipe.parts[-3]]]),
-        "--dataset_name", str(local_datasets[script]),
-        "--output_dir", str(output_dir),
-        "--max_steps", "1",
-        "--per_device_train_batch_size", "2",
-        "--gradient_accumulation_steps", "1",
-        "--save_strategy", "no",
-        "--use_cpu", "true",
-    ])
+    trainer, _ = run_main(
+        script,
+        [
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(tiny_model_dirs[SEED_MODEL_FAMILY[recipe.parts[-3]]]),
+            "--dataset_name",
+            str(local_datasets[script]),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--use_cpu",
+            "true",
+        ],
+    )
     assert trainer.state.global_step == 1
     assert (output_dir / "README.md").is_file()
-    weights = "adapter_model.safetensors" if trainer.args.model_init_kwargs and recipe_uses_peft(recipe) else None
+    weights = (
+        "adapter_model.safetensors" if trainer.args.model_init_kwargs and recipe_uses_peft(recipe) else None
+    )
     assert weights is None or (output_dir / weights).is_file()
 
 
