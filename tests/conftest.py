@@ -63,3 +63,9 @@ def tiny_clip_dir() -> Path:
     from selfalign.tiny_zoo import build_tiny_clip
 
     return build_tiny_clip(_SESSION_DIR / "tiny_models" / "clip")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
