@@ -59,10 +59,17 @@ def run_main(script: str, args: list[str]):
     seen = {}
 
     class ProbedTrainer(trainer_class):
+        steps_run = 0
+
         def train(self, *train_args, **train_kwargs):
             seen["trainer"] = self
             seen["before"] = parameter_values(self.model)
+            self.resumed_from = train_kwargs.get("resume_from_checkpoint")
             return super().train(*train_args, **train_kwargs)
+
+        def training_step(self, *step_args, **step_kwargs):
+            self.steps_run += 1
+            return super().training_step(*step_args, **step_kwargs)
 
     setattr(module, trainer_class.__name__, ProbedTrainer)
     config_class = getattr(module, f"{script.upper()}Config")
@@ -161,3 +168,41 @@ def script_for(recipe: Path) -> str:
 
 def recipe_uses_peft(recipe: Path) -> bool:
     return "use_peft: true" in recipe.read_text()
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tiny_model_dirs, local_datasets, tmp_path):
+    args = [
+        "--config", str(REPO / "recipes" / "tiny" / "dpo_lora.yaml"),
+        "--model_name_or_path", str(tiny_model_dirs["qwen2_vl"]),
+        "--dataset_name", str(local_datasets["dpo"]),
+        "--output_dir", str(tmp_path / "out"),
+        "--save_strategy", "steps",
+        "--save_steps", "1",
+    ]  # fmt: skip
+    first, _ = run_main("dpo", [*args, "--max_steps", "2"])
+    assert first.resumed_from is None
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+
+    second, _ = run_main("dpo", [*args, "--max_steps", "3"])
+    assert Path(second.resumed_from) == tmp_path / "out" / "checkpoint-2"
+    assert second.steps_run == 1, "only the step after the checkpoint is trained again"
+    assert second.state.global_step == 3
+
+
+def test_weighted_mixture_of_local_datasets(tmp_path):
+    from trl import DatasetMixtureConfig
+
+    from selfalign.train.arguments import ScriptArguments
+    from selfalign.train.data import load_training_data
+
+    first = save_hub_layout(preference_dataset(num_rows=8, seed=1), tmp_path / "a")
+    second = save_hub_layout(preference_dataset(num_rows=8, seed=2), tmp_path / "b")
+    mixture = DatasetMixtureConfig(
+        datasets=[{"path": str(first), "fraction": 0.75}, {"path": str(second), "fraction": 0.25}]
+    )
+    data = load_training_data(ScriptArguments(), mixture, "dpo", need_test_split=False)
+    chosen = [row["chosen"][0]["content"][0]["text"] for row in data["train"]]
+    from_first = [row["chosen"][0]["content"][0]["text"] for row in preference_dataset(num_rows=8, seed=1)]
+    from_second = [row["chosen"][0]["content"][0]["text"] for row in preference_dataset(num_rows=8, seed=2)]
+    # Shares 3:1, capped so that no source is oversampled: all 8 of the first, round(8 / 3) of the second.
+    assert chosen == from_first + from_second[:3]
