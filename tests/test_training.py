@@ -155,11 +155,11 @@ def test_seed_recipe_trains_on_tiny_model_of_its_architecture(
         ],
     )
     assert trainer.state.global_step == 1
-    assert (output_dir / "README.md").is_file()
-    weights = (
-        "adapter_model.safetensors" if trainer.args.model_init_kwargs and recipe_uses_peft(recipe) else None
-    )
-    assert weights is None or (output_dir / weights).is_file()
+    weights = "adapter_model.safetensors" if recipe_uses_peft(recipe) else "model.safetensors"
+    assert (output_dir / weights).is_file()
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in card
+    assert ("- critic" in card) == ("model_role: critic" in recipe.read_text())
 
 
 def script_for(recipe: Path) -> str:
