@@ -34,7 +34,7 @@ def main(
     push = plan_publishing(script_args, training_args, model_args)
     resume_from = checkpoint_to_resume(training_args)
 
-    processor = load_processor(model_args)
+    processor = load_processor(model_args, script_args.image_max_pixels)
     evaluate = training_args.eval_strategy != "no"
     data = load_training_data(script_args, mixture, "sft", need_test_split=evaluate)
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)

@@ -65,6 +65,18 @@ def tiny_clip_dir() -> Path:
     return build_tiny_clip(_SESSION_DIR / "tiny_models" / "clip")
 
 
+@pytest.fixture(scope="session")
+def local_datasets(tmp_path_factory) -> dict[str, Path]:
+    """The tiny preference and SFT sets, written in Hub layout to local folders."""
+    from selfalign.tiny_data import preference_dataset, save_hub_layout, sft_dataset
+
+    root = tmp_path_factory.mktemp("datasets")
+    return {
+        "dpo": save_hub_layout(preference_dataset(num_rows=4, seed=1), root / "pairs"),
+        "sft": save_hub_layout(sft_dataset(num_rows=4, seed=1), root / "sft"),
+    }
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 

@@ -118,3 +118,17 @@ def test_local_base_model_needs_its_hub_id_to_publish(tiny_model_dirs, pairs_dir
 def test_missing_dataset(tiny_model_dirs, tmp_path):
     with pytest.raises(SelfAlignError, match="could not load the training data"):
         run_main("dpo", dpo_args(tiny_model_dirs["qwen2_vl"], tmp_path / "nowhere", tmp_path / "out"))
+
+
+def test_image_max_pixels_only_for_dynamic_resolution_processors(tiny_model_dirs):
+    from trl import ModelConfig
+
+    from selfalign.train.model import load_processor
+
+    image = draw_shape("red", "circle", (128, 128))
+    qwen = ModelConfig(model_name_or_path=str(tiny_model_dirs["qwen2_vl"]))
+    full = load_processor(qwen).image_processor(images=[image])["image_grid_thw"].prod()
+    capped = load_processor(qwen, image_max_pixels=32 * 32).image_processor(images=[image])["image_grid_thw"].prod()
+    assert capped < full
+    with pytest.raises(SelfAlignError, match="dynamic-resolution processors"):
+        load_processor(ModelConfig(model_name_or_path=str(tiny_model_dirs["llava"])), image_max_pixels=32 * 32)

@@ -13,7 +13,7 @@ from helpers import REPO, load_script
 from test_recipes import RECIPES, recipe_dataclasses
 
 from selfalign.config import parse_recipe
-from selfalign.tiny_data import preference_dataset, save_hub_layout, sft_dataset
+from selfalign.tiny_data import preference_dataset, save_hub_layout
 from selfalign.tiny_zoo import FAMILIES
 
 # The tiny family that shares each seed model's architecture.
@@ -25,16 +25,6 @@ SEED_MODEL_FAMILY = {
     "qwen2.5-vl-7b-instruct": "qwen2_5_vl",
 }
 SEED_RECIPES = [path for path in RECIPES if path.parts[-3] in SEED_MODEL_FAMILY]
-
-
-@pytest.fixture(scope="session")
-def local_datasets(tmp_path_factory) -> dict[str, Path]:
-    """The tiny preference and SFT sets, written in Hub layout to local folders."""
-    root = tmp_path_factory.mktemp("datasets")
-    return {
-        "dpo": save_hub_layout(preference_dataset(num_rows=4, seed=1), root / "pairs"),
-        "sft": save_hub_layout(sft_dataset(num_rows=4, seed=1), root / "sft"),
-    }
 
 
 def parameter_values(model) -> dict[str, torch.Tensor]:

@@ -21,6 +21,13 @@ class ScriptArguments:
     dataset_test_split: str = field(
         default="test", metadata={"help": "Split to evaluate on when evaluating."}
     )
+    image_max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on pixels per image for dynamic-resolution processors (Qwen2-VL family: `max_pixels`); "
+            "bounds the image tokens per image, hence memory."
+        },
+    )
     model_role: Literal["policy", "critic"] = field(
         default="policy",
         metadata={"help": "Which model card template to render: a policy VLM or an EACO Critic."},

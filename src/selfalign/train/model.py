@@ -15,18 +15,24 @@ VISION_MODULES = ("model.vision_tower", "model.multi_modal_projector", "model.vi
 ALL_LINEAR_LANGUAGE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def load_processor(model_args: ModelConfig) -> ProcessorMixin:
+def load_processor(model_args: ModelConfig, image_max_pixels: int | None = None) -> ProcessorMixin:
     """Load the model's processor and check that it can format conversations."""
     name = model_args.model_name_or_path
     if not name:
         raise SelfAlignError("model_name_or_path is required")
+    overrides = {"max_pixels": image_max_pixels} if image_max_pixels else {}
     try:
-        processor = AutoProcessor.from_pretrained(name, revision=model_args.model_revision)
+        processor = AutoProcessor.from_pretrained(name, revision=model_args.model_revision, **overrides)
     except (OSError, ValueError) as error:
         raise SelfAlignError(f"could not load a processor from '{name}': {error}") from error
     if not isinstance(processor, ProcessorMixin):
         raise SelfAlignError(
             f"'{name}' has a tokenizer but no image processor: it is not a vision-language model"
+        )
+    if image_max_pixels and getattr(processor.image_processor.size, "longest_edge", None) != image_max_pixels:
+        raise SelfAlignError(
+            f"image_max_pixels applies to dynamic-resolution processors (Qwen2-VL family); '{name}' uses "
+            f"{type(processor.image_processor).__name__}, which resizes to a fixed size"
         )
     if processor.chat_template is None and processor.tokenizer.chat_template is None:
         raise SelfAlignError(
