@@ -11,10 +11,13 @@ from huggingface_hub.utils import validate_repo_id
 from selfalign.errors import SelfAlignError
 
 
-def check_can_push(repo_id: str | None) -> None:
-    """Fail before training or building if a later push could not succeed for local reasons."""
+def check_can_push(repo_id: str | None, setting: str = "hub_model_id") -> None:
+    """Fail before training or building if a later push could not succeed for local reasons.
+
+    `setting` names the recipe key that holds the repo id, for the message.
+    """
     if not repo_id:
-        raise SelfAlignError("pushing to the Hub needs a repo id: set `hub_model_id` (e.g. my-org/my-model)")
+        raise SelfAlignError(f"pushing to the Hub needs a repo id: set `{setting}` (e.g. my-org/my-name)")
     if repo_id.count("/") != 1:
         raise SelfAlignError(
             f"'{repo_id}' is not a Hub repo id: write it as <namespace>/<name>, e.g. my-org/my-model"

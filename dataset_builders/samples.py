@@ -1,0 +1,120 @@
+"""Sample N responses per image and prompt from a policy VLM, batched, and publish them.
+
+    python dataset_builders/samples.py --config recipes/tiny/samples.yaml
+    torchrun --nproc_per_node 2 dataset_builders/samples.py --config recipes/tiny/samples.yaml
+
+The same dataset comes out whatever the number of processes or the batch size: each row samples
+with its own seed. A killed run restarted with the same command resumes from its finished shards.
+"""
+
+import logging
+import sys
+
+from datasets import Features, Image, List, Value
+
+from selfalign.build.policy import PolicySamplingArguments
+from selfalign.build.runner import (
+    BuildArguments,
+    ShardOutput,
+    process_rank,
+    publish_build,
+    recipe_values,
+    run_sharded_build,
+)
+from selfalign.config import parse_recipe
+from selfalign.errors import SelfAlignError
+from selfalign.images import ImageSourceArguments, LoadedImage, open_source, prompt_of, row_id
+from selfalign.publish.dataset_card import DatasetCardInfo
+from selfalign.publish.hub import check_can_push
+from selfalign.samples import GenerationRequest, sample
+
+MESSAGE = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "images": List(Image()),
+        "prompt": MESSAGE,
+        "completions": List(Value("string")),
+        "completion_logprobs": List(Value("float64")),
+        "policy_model": Value("string"),
+        "num_candidates": Value("int32"),
+    }
+)
+
+
+def user_turn(instruction: str) -> list[dict]:
+    return [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}
+    ]
+
+
+def main(
+    source_args: ImageSourceArguments, policy_args: PolicySamplingArguments, build_args: BuildArguments
+) -> None:
+    if build_args.push_to_hub:
+        check_can_push(build_args.hub_dataset_id, "hub_dataset_id")
+    if not source_args.prompt_set:
+        source_args.prompt_set = "describe"  # sources without instructions get 'describe the image' prompts
+    source = open_source(source_args)
+    _, _, state = process_rank()
+    backend = policy_args.backend(device=str(state.device))
+    params = policy_args.params()
+
+    def process_shard(items) -> ShardOutput:
+        output = ShardOutput(rows=[], sources=[], rejections=[])
+        accepted = []
+        for item in items:
+            loaded = source.load(item)
+            if isinstance(loaded, LoadedImage):
+                accepted.append(loaded)
+            else:
+                output.rejections.append(loaded)
+        instructions = [prompt_of(loaded, source_args.prompt_set) for loaded in accepted]
+        ids = [row_id(loaded.content_hash, text) for loaded, text in zip(accepted, instructions, strict=True)]
+        requests = [
+            GenerationRequest(
+                images=(loaded.image,), messages=tuple(user_turn(text)), seed=policy_args.row_seed(rid)
+            )
+            for loaded, text, rid in zip(accepted, instructions, ids, strict=True)
+        ]
+        for loaded, text, rid, completions in zip(
+            accepted, instructions, ids, sample(backend, requests, params), strict=True
+        ):
+            output.rows.append(
+                {
+                    "id": rid,
+                    "images": [loaded.image],
+                    "prompt": user_turn(text),
+                    "completions": [completion.text for completion in completions],
+                    "completion_logprobs": [completion.logprob for completion in completions],
+                    "policy_model": policy_args.policy_model,
+                    "num_candidates": len(completions),
+                }
+            )
+            output.sources.append(loaded.item.source)
+        return output
+
+    result = run_sharded_build(source.items(), process_shard, FEATURES, build_args)
+    if result is None:  # not the main process
+        return
+    card = DatasetCardInfo(
+        pretty_name="Policy samples",
+        builder="dataset_builders/samples.py",
+        recipe=recipe_values(source_args, policy_args, build_args),
+        models={"policy": f"{backend.model_name_or_path}@{backend.revision}"},
+        method=None,
+        rejections=dict(result.rejections),
+        tags=("vlm", "samples"),
+        description=f"{params.n} responses per image and prompt sampled from {policy_args.policy_model} "
+        f"(temperature {params.temperature}, top-p {params.top_p}, at most {params.max_new_tokens} new tokens), "
+        "each with its log-probability under the policy.",
+    )
+    publish_build(result, build_args, card)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        main(*parse_recipe((ImageSourceArguments, PolicySamplingArguments, BuildArguments)))
+    except SelfAlignError as error:
+        sys.exit(f"error: {error}")

@@ -1,0 +1,1 @@
+"""Running dataset builders: sharded, resumable, spread over processes, published at the end."""

@@ -1,0 +1,286 @@
+"""`GenerationBackend` on a transformers `AutoModelForImageTextToText`, batched, with a seed per row.
+
+Batching. Requests are cut into batches of `batch_size` in the order given. Each prompt is
+rendered with the processor's chat template and the batch is tokenized with left padding, together
+with its images. `generate(num_return_sequences=n)` then expands every prompt into n rows, request
+major (row i*n + j is sample j of request i). In transformers 5 the vision encoder runs *before*
+that expansion (`mm_encoder_outputs`, for llava, llava_next, qwen2_vl and qwen2_5_vl alike), so
+each image is encoded once per request, not once per sample; the tests count it.
+
+Seed per row. `generate` samples every row from one global RNG, so what a row gets depends on
+which rows share its batch. Instead, `_RowSampler` (a LogitsProcessor) picks every token itself:
+row (request i, sample j) owns a CPU `torch.Generator` seeded from (request seed, j) and draws one
+uniform number per step from it; the token is found by inverting the row's cumulative distribution
+(after temperature and top-p) at that number. The processor then returns scores that allow only
+that token, so `generate`'s own multinomial draw has a single choice. A row's tokens therefore
+depend only on its own seed and logits. (`generate` refuses `num_return_sequences > 1` without
+`do_sample`, hence the forced draw rather than greedy decoding; it still advances the global RNG,
+so generation runs under `torch.random.fork_rng` to leave the caller's RNG untouched.) Temperature 0
+is greedy: the argmax, no draw.
+
+This makes batch independence exact in the sampling logic; it holds up to floating point. Padding
+changes the shapes the kernels see, so a row's logits can differ in the last bits between batch
+compositions (about 1e-7 on the CPU tests). A token flips only if a draw, or for greedy the gap
+between the two best logits, falls within that difference; the tests never see it on CPU, bf16 on
+GPU makes it likelier, and it changes which sample is drawn, not the distribution it comes from.
+
+Log-probs. The processor is the only one in the list (the checkpoint's own sampling defaults, e.g.
+Qwen2-VL's repetition penalty, are dropped: `SamplingParams` is the whole sampling spec), so the
+scores it receives are the model's raw logits, the same tensor `output_logits=True` would return.
+It keeps the log-softmax of the chosen token per row and step, instead of all rows x steps x vocab
+logits, and `Completion.logprob` sums them up to the completion's end.
+
+Ends. A stopping criterion records, per row, the step and reason it finished: EOS (any of the
+generation config's EOS ids) or a stop string (transformers' `StopStringCriteria`, which needs the
+tokenizer and matches across token boundaries). Tokens after that step are padding and dropped.
+
+Prefix reuse (for CSR's sentence tree, not done here): after a forward pass over images + prompt
+with `use_cache=True`, `generate(input_ids=prompt + continuation, past_key_values=<copy of the
+cache>)` continues without `pixel_values` (Qwen2-VL also needs `image_grid_thw`; it keeps its
+M-RoPE offsets in `model.model.rope_deltas`, set by the last prefill). `_RowSampler` and
+`_FinishRecorder` work there unchanged: they only see logits and token ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from huggingface_hub import ResolvedRevision
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BatchFeature,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
+from transformers.utils.hub import resolve_revision
+
+from selfalign.errors import SelfAlignError
+from selfalign.samples.sampler import Completion, FinishReason, GenerationRequest, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+def _row_generator(seed: int, sample_index: int) -> torch.Generator:
+    """The random stream of sample `sample_index` of the request with `seed`."""
+    digest = hashlib.sha256(f"{seed}:{sample_index}".encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "big"))
+
+
+class _RowSampler(LogitsProcessor):
+    """Chooses each row's next token from the row's own generator and forces `generate` to take it."""
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams):
+        # Row order of generate's expansion: all samples of request 0, then of request 1, ...
+        self.generators = [_row_generator(seed, j) for seed in seeds for j in range(params.n)]
+        self.temperature = params.temperature
+        self.top_p = params.top_p
+        self.chosen_logprobs: list[torch.Tensor] = []  # one (rows,) tensor per step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        chosen = scores.argmax(dim=-1) if self.temperature == 0 else self._draw(scores)
+        self.chosen_logprobs.append(scores.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1))
+        forced = torch.full_like(scores, -math.inf)
+        return forced.scatter_(1, chosen[:, None], 0.0)
+
+    def _draw(self, scores: torch.FloatTensor) -> torch.LongTensor:
+        probs = (scores / self.temperature).softmax(dim=-1)
+        # Stable sort: equal probabilities keep token order, so the argmax comes first as in argmax().
+        sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
+        # Nucleus: the most likely tokens until their mass reaches top_p (the first is always kept).
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        cumulative = (sorted_probs * (mass_before < self.top_p)).cumsum(dim=-1)
+        uniform = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(scores.device)
+        targets = uniform[:, None] * cumulative[:, -1:]
+        positions = torch.searchsorted(cumulative, targets, right=True).clamp(max=scores.shape[-1] - 1)
+        return sorted_ids.gather(1, positions).squeeze(1)
+
+
+class _FinishRecorder(StoppingCriteria):
+    """Stops rows at a stop string and records, per row, how many tokens it generated and why it ended.
+
+    The record stays on the model's device, so that it costs no host synchronisation per step.
+    """
+
+    def __init__(
+        self, prompt_length: int, eos_token_ids: torch.Tensor, stop_strings: StopStringCriteria | None
+    ):
+        self.prompt_length = prompt_length
+        self.eos_token_ids = eos_token_ids
+        self.stop_strings = stop_strings
+        self.lengths: torch.Tensor | None = None  # per row: tokens generated when it ended, 0 while running
+        self.ended_at_eos: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        hit_eos = torch.isin(input_ids[:, -1], self.eos_token_ids.to(input_ids.device))
+        hit_stop = (
+            torch.zeros_like(hit_eos) if self.stop_strings is None else self.stop_strings(input_ids, scores)
+        )
+        if self.lengths is None:
+            self.lengths = torch.zeros_like(input_ids[:, -1])
+            self.ended_at_eos = torch.zeros_like(hit_eos)
+        ends_now = (hit_eos | hit_stop) & (self.lengths == 0)
+        self.lengths = torch.where(ends_now, input_ids.shape[1] - self.prompt_length, self.lengths)
+        self.ended_at_eos |= ends_now & hit_eos
+        return hit_stop  # EOS is stopped by generate's own criterion
+
+    def finishes(self, max_length: int) -> list[tuple[int, FinishReason]]:
+        """Per row: how many tokens it generated and why it ended."""
+        return [
+            (length, "eos" if at_eos else "stop_string") if length else (max_length, "length")
+            for length, at_eos in zip(self.lengths.tolist(), self.ended_at_eos.tolist(), strict=True)
+        ]
+
+
+class TransformersBackend:
+    """Samples from an `AutoModelForImageTextToText` (Hub id or folder) in batches of `batch_size` prompts."""
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        revision: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 8,
+        device: str | None = None,
+    ):
+        if batch_size < 1:
+            raise SelfAlignError(f"batch_size must be at least 1, got {batch_size}")
+        self.model_name_or_path = model_name_or_path
+        self.batch_size = batch_size
+        # Resolve a branch or tag once, so processor and weights come from the same commit, and record it.
+        resolved = resolve_revision(model_name_or_path, revision)
+        if Path(model_name_or_path).is_dir():
+            self.revision = "local"
+        elif isinstance(resolved, ResolvedRevision):
+            self.revision = resolved.resolved
+        else:  # the Hub could not be asked and the cache does not know: keep what was requested
+            self.revision = revision or "main"
+        try:
+            self.processor = AutoProcessor.from_pretrained(model_name_or_path, revision=resolved)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model_name_or_path, revision=resolved, dtype=dtype
+            )
+        except (OSError, ValueError) as error:
+            raise SelfAlignError(
+                f"could not load a vision-language model from '{model_name_or_path}': {error}"
+            ) from error
+        self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        checkpoint_config = self.model.generation_config
+        eos = checkpoint_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_token_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos))
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        pad = checkpoint_config.pad_token_id
+        # Only the special tokens are kept from the checkpoint's generation config: its sampling
+        # defaults would add logits processors in front of ours and change the distribution.
+        self.model.generation_config = GenerationConfig(
+            bos_token_id=checkpoint_config.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id if pad is None else pad,
+        )
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> list[list[Completion]]:
+        completions = []
+        for start in range(0, len(requests), self.batch_size):
+            completions += self._generate_batch(requests[start : start + self.batch_size], params)
+        return completions
+
+    def _encode(self, requests: Sequence[GenerationRequest]) -> BatchFeature:
+        texts = [
+            self.processor.apply_chat_template(list(request.messages), add_generation_prompt=True)
+            for request in requests
+        ]
+        # Templates that write the BOS themselves (Mistral's, the tiny zoo's) must not get a second one
+        # from the tokenizer; those that leave it to the tokenizer (llava-hf's) need it added. This is
+        # the rule of processor.apply_chat_template(tokenize=True).
+        # One template renders every prompt, so the first one answers for the batch.
+        bos = self.tokenizer.bos_token
+        adds_bos = bos is not None and texts[0].startswith(bos)
+        inputs = self.processor(
+            text=texts,
+            images=[list(request.images) for request in requests],
+            padding=True,
+            return_tensors="pt",
+            add_special_tokens=not adds_bos,
+        )
+        return inputs.to(self.model.device, dtype=self.model.dtype)
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, requests: Sequence[GenerationRequest], params: SamplingParams
+    ) -> list[list[Completion]]:
+        started = time.perf_counter()
+        inputs = self._encode(requests)
+        prompt_length = inputs["input_ids"].shape[1]
+        num_rows = len(requests) * params.n
+        sampler = _RowSampler([request.seed for request in requests], params)
+        stop_strings = (
+            StopStringCriteria(self.tokenizer, list(params.stop_strings)) if params.stop_strings else None
+        )
+        recorder = _FinishRecorder(prompt_length, self.eos_token_ids, stop_strings)
+        config = GenerationConfig(
+            do_sample=True,  # required for num_return_sequences > 1; the row sampler leaves one choice
+            top_k=0,
+            num_return_sequences=params.n,
+            max_new_tokens=params.max_new_tokens,
+        )
+        cuda_devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            sequences = self.model.generate(
+                **inputs,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([sampler]),
+                stopping_criteria=StoppingCriteriaList([recorder]),
+            )
+        generated = sequences[:, prompt_length:].cpu()
+        logprobs = torch.stack(sampler.chosen_logprobs, dim=1).double().cpu()
+        rows = [
+            self._completion(generated[row, :length], logprobs[row, :length], reason, params)
+            for row, (length, reason) in enumerate(recorder.finishes(max_length=generated.shape[1]))
+        ]
+        logger.debug(
+            "generated %d rows (%d requests x %d) from %d prompt tokens in %.2fs, longest %d tokens",
+            num_rows,
+            len(requests),
+            params.n,
+            prompt_length,
+            time.perf_counter() - started,
+            generated.shape[1],
+        )
+        return [rows[start : start + params.n] for start in range(0, num_rows, params.n)]
+
+    def _completion(
+        self, token_ids: torch.Tensor, logprobs: torch.Tensor, reason: FinishReason, params: SamplingParams
+    ) -> Completion:
+        text_ids = token_ids[:-1] if reason == "eos" else token_ids
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
+        if reason == "stop_string":
+            # The completing token may run past the stop string ("st" + "opera" for "stop"): cut after it.
+            # The match may also begin inside the prompt, then the text holds no whole stop string.
+            ends = [text.find(stop) + len(stop) for stop in params.stop_strings if stop in text]
+            if ends:
+                text = text[: min(ends)]
+        return Completion(
+            text=text,
+            token_ids=tuple(token_ids.tolist()),
+            logprob=float(logprobs.sum()),
+            num_tokens=len(token_ids),
+            finish_reason=reason,
+        )
