@@ -66,7 +66,9 @@ def main(source_args: ImageSourceArguments, build_args: BuildArguments) -> None:
             output.sources.append(item.source)
         return output
 
-    result = run_sharded_build(source.items(), process_shard, FEATURES, build_args)
+    result = run_sharded_build(
+        source.items(), process_shard, FEATURES, build_args, settings=recipe_values(source_args)
+    )
     if result is None:  # not the main process
         return
     card = DatasetCardInfo(

@@ -94,7 +94,9 @@ def main(
             output.sources.append(loaded.item.source)
         return output
 
-    result = run_sharded_build(source.items(), process_shard, FEATURES, build_args)
+    result = run_sharded_build(
+        source.items(), process_shard, FEATURES, build_args, settings=recipe_values(source_args, policy_args)
+    )
     if result is None:  # not the main process
         return
     card = DatasetCardInfo(

@@ -141,3 +141,16 @@ def test_republishing_a_finished_build_makes_no_new_commit(hub_server, image_fol
     run_builder("images", *args)
     assert HfApi().list_repo_commits(repo_id, repo_type="dataset") == commits
     assert len(load_dataset(repo_id, split="train")) == 24
+
+
+def test_finished_shards_are_not_mixed_with_another_builds(image_folder, tmp_path):
+    args = ["--config", str(REPO / "recipes" / "tiny" / "images.yaml"), "--image_folder", str(image_folder),
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    run_builder("images", *args)
+    changed = subprocess.run(
+        [sys.executable, str(REPO / "dataset_builders" / "images.py"), *args, "--prompt_set", "caption"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert changed.returncode != 0
+    assert "Traceback" not in changed.stderr
+    assert "holds shards of a build with other settings" in changed.stderr

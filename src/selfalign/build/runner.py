@@ -27,6 +27,7 @@ from accelerate import PartialState
 from datasets import Dataset, Features
 from tqdm.auto import tqdm
 
+from selfalign.errors import SelfAlignError
 from selfalign.images import Rejection
 from selfalign.publish.dataset import push_dataset, write_hub_layout
 from selfalign.publish.dataset_card import DatasetCardInfo, write_dataset_card
@@ -34,6 +35,7 @@ from selfalign.publish.dataset_card import DatasetCardInfo, write_dataset_card
 logger = logging.getLogger("selfalign")
 SHARDS_DIR = "shards"
 REJECTS_FILE = "rejects.jsonl"
+BUILD_RECORD = "build.json"
 # How often the main process looks at the other ranks' shards while it waits for them.
 POLL_SECONDS = 0.5
 
@@ -92,16 +94,20 @@ def run_sharded_build(
     process_shard: Callable[[Sequence[Any]], ShardOutput],
     features: Features,
     args: BuildArguments,
+    settings: dict[str, Any],
 ) -> BuildResult | None:
     """Process `items` shard by shard (this rank's share), then, on the main process, merge.
 
     Returns the merged result on the main process and None on the others. Rows must carry an `id`
     column: a row whose id was already seen earlier in input order is rejected as a duplicate.
+    `settings` are the recipe values that shape the rows: finished shards are reused only by a run
+    with the same settings.
     """
     rank, world, state = process_rank()
     shards_dir = Path(args.output_dir) / SHARDS_DIR
     shards_dir.mkdir(parents=True, exist_ok=True)
     num_shards = (len(items) + args.shard_size - 1) // args.shard_size
+    _check_same_build(shards_dir, {"settings": settings, "shard_size": args.shard_size, "inputs": len(items)})
     logger.info(
         "process %d of %d: shards %d, %d, ... of %d (%d inputs)",
         rank,
@@ -160,6 +166,18 @@ class ShardProgress:
             time.sleep(POLL_SECONDS)
             self.refresh()
         self.bar.close()
+
+
+def _check_same_build(shards_dir: Path, build: dict[str, Any]) -> None:
+    """Record what the shards are built from; refuse to mix them with shards of another build."""
+    record = shards_dir / BUILD_RECORD
+    text = json.dumps(build, sort_keys=True, indent=1, default=str)
+    if record.exists() and record.read_text() != text:
+        raise SelfAlignError(
+            f"{shards_dir.parent} holds shards of a build with other settings ({record} differs): use another "
+            "output_dir, or delete this one to start over"
+        )
+    _atomic_write(record, lambda path: path.write_text(text))
 
 
 def _shard_path(shards_dir: Path, shard: int) -> Path:
