@@ -3,7 +3,8 @@
     accelerate launch --config_file recipes/accelerate_configs/zero2.yaml \
         scripts/dpo.py --config recipes/llava-1.5-7b/csr/dpo_lora.yaml
 
-Any recipe key can be overridden on the command line (`--learning_rate 1.0e-6`).
+Any recipe key can be overridden on the command line (`--learning_rate 1.0e-6`). The steps (checks,
+data, model, train with resume, save, card, push) are `selfalign.train.run.run_training`.
 """
 
 import sys
@@ -13,15 +14,9 @@ from trl import DatasetMixtureConfig, DPOConfig, DPOTrainer, ModelConfig
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
 from selfalign.train.arguments import ScriptArguments
-from selfalign.train.data import load_training_data
-from selfalign.train.model import load_processor, lora_config, model_init_kwargs, quantization_config
-from selfalign.train.run import (
-    checkpoint_to_resume,
-    finish_run,
-    plan_publishing,
-    setup_logging,
-    train_and_evaluate,
-)
+from selfalign.train.run import run_training
+
+RECIPE_DATACLASSES = (ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig)
 
 
 def main(
@@ -30,31 +25,11 @@ def main(
     model_args: ModelConfig,
     mixture: DatasetMixtureConfig,
 ):
-    setup_logging(training_args)
-    push = plan_publishing(script_args, training_args, model_args)
-    resume_from = checkpoint_to_resume(training_args)
-
-    processor = load_processor(model_args, script_args.image_max_pixels)
-    evaluate = training_args.eval_strategy != "no"
-    data = load_training_data(script_args, mixture, "dpo", need_test_split=evaluate)
-    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
-
-    trainer = DPOTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"] if evaluate else None,
-        processing_class=processor,
-        quantization_config=quantization_config(model_args),
-        peft_config=lora_config(model_args),
-    )
-    train_and_evaluate(trainer, resume_from, evaluate)
-    finish_run(trainer, script_args, training_args, model_args, mixture, push)
-    trainer.end()
+    run_training(DPOTrainer, "dpo", script_args, training_args, model_args, mixture)
 
 
 if __name__ == "__main__":
     try:
-        main(*parse_recipe((ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig)))
+        main(*parse_recipe(RECIPE_DATACLASSES))
     except SelfAlignError as error:
         sys.exit(f"error: {error}")

@@ -23,14 +23,18 @@ def test_merged_model_matches_base_plus_adapter(tiny_model_dirs, local_datasets,
     ]))  # fmt: skip
 
     processor = AutoProcessor.from_pretrained(merged)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+    ]
     inputs = processor(
         images=[draw_shape("green", "square", (48, 48))],
         text=processor.apply_chat_template(messages, add_generation_prompt=True),
         return_tensors="pt",
     )
     with torch.no_grad():
-        expected = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), adapter)(**inputs).logits
+        expected = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), adapter)(
+            **inputs
+        ).logits
         plain_base = AutoModelForImageTextToText.from_pretrained(base)(**inputs).logits
         merged_model = AutoModelForImageTextToText.from_pretrained(merged)
         actual = merged_model(**inputs).logits

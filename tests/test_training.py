@@ -62,12 +62,7 @@ def run_main(script: str, args: list[str]):
             return super().training_step(*step_args, **step_kwargs)
 
     setattr(module, trainer_class.__name__, ProbedTrainer)
-    config_class = getattr(module, f"{script.upper()}Config")
-    module.main(
-        *parse_recipe(
-            (module.ScriptArguments, config_class, module.ModelConfig, module.DatasetMixtureConfig), args
-        )
-    )
+    module.main(*parse_recipe(module.RECIPE_DATACLASSES, args))
     return seen["trainer"], seen["before"]
 
 

@@ -1,4 +1,4 @@
-"""The steps every training entry point takes before and after `trainer.train()`."""
+"""The training entry points' one skeleton (`run_training`) and the steps it is made of."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from selfalign.errors import SelfAlignError
 from selfalign.publish.hub import check_can_push, push_folder
 from selfalign.publish.model_card import TrainingRun, render_model_card
 from selfalign.train.arguments import ScriptArguments
+from selfalign.train.data import load_training_data
+from selfalign.train.model import load_processor, lora_config, model_init_kwargs, quantization_config
 
 logger = logging.getLogger("selfalign")
 # Hyperparameters a card reports, when the trainer's config has them.
@@ -31,6 +33,41 @@ CARD_HYPERPARAMETERS = (
     "loss_type",
     "seed",
 )
+
+
+def run_training(
+    trainer_class: type,
+    data_contract: str,
+    script_args: ScriptArguments,
+    training_args: TrainingArguments,
+    model_args: ModelConfig,
+    mixture: DatasetMixtureConfig,
+) -> None:
+    """Check, load, train (resuming), evaluate, save, write the card, push: the same for SFT and DPO.
+
+    `data_contract` names the columns the trainer reads ("sft" or "dpo", see `selfalign.train.data`).
+    """
+    setup_logging(training_args)
+    push = plan_publishing(script_args, training_args, model_args)
+    resume_from = checkpoint_to_resume(training_args)
+
+    processor = load_processor(model_args, script_args.image_max_pixels)
+    evaluate = training_args.eval_strategy != "no"
+    data = load_training_data(script_args, mixture, data_contract, need_test_split=evaluate)
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+
+    trainer = trainer_class(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data["test"] if evaluate else None,
+        processing_class=processor,
+        quantization_config=quantization_config(model_args),
+        peft_config=lora_config(model_args),
+    )
+    train_and_evaluate(trainer, resume_from, evaluate)
+    finish_run(trainer, script_args, training_args, model_args, mixture, push)
+    trainer.end()
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
