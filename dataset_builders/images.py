@@ -22,13 +22,21 @@ from selfalign.build.runner import (
 )
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
-from selfalign.images import ImageSourceArguments, LoadedImage, open_source, prompt_for, row_id
+from selfalign.images import (
+    ImageSourceArguments,
+    LoadedImage,
+    open_source,
+    prompt_of,
+    row_id,
+    shareable_source,
+)
 from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
 
 FEATURES = Features(
     {
         "id": Value("string"),
+        "source_id": Value("string"),  # the id the manifest or dataset gave the input, if any
         "image": Image(),
         "instruction": Value("string"),
         "reference": Value("string"),
@@ -50,16 +58,19 @@ def main(source_args: ImageSourceArguments, build_args: BuildArguments) -> None:
             if not isinstance(loaded, LoadedImage):
                 output.rejections.append(loaded)
                 continue
-            instruction = item.instruction
-            if instruction is None and source_args.prompt_set:
-                instruction = prompt_for(source_args.prompt_set, loaded.content_hash)
+            # An images-only dataset needs no instruction; otherwise the input's own, else the prompt set's.
+            wants_instruction = item.instruction or source_args.prompt_set
+            instruction = prompt_of(loaded, source_args.prompt_set) if wants_instruction else None
             output.rows.append(
                 {
-                    "id": item.explicit_id or row_id(loaded.content_hash, instruction or ""),
+                    # Always from content + prompt (DESIGN §3), so duplicates are found by content and the
+                    # same input gets the same id in every dataset built from it.
+                    "id": row_id(loaded.content_hash, instruction or ""),
+                    "source_id": item.explicit_id,
                     "image": loaded.image,
                     "instruction": instruction,
                     "reference": item.reference,
-                    "source": item.source,
+                    "source": shareable_source(item.source),
                     "note": loaded.note,
                 }
             )

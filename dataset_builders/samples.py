@@ -94,9 +94,9 @@ def main(
             output.sources.append(loaded.item.source)
         return output
 
-    result = run_sharded_build(
-        source.items(), process_shard, FEATURES, build_args, settings=recipe_values(source_args, policy_args)
-    )
+    settings = recipe_values(source_args, policy_args)
+    del settings["batch_size"]  # rows do not depend on it: each row samples with its own seed
+    result = run_sharded_build(source.items(), process_shard, FEATURES, build_args, settings=settings)
     if result is None:  # not the main process
         return
     card = DatasetCardInfo(

@@ -121,20 +121,16 @@ def test_missing_dataset(tiny_model_dirs, tmp_path):
 
 
 def test_image_max_pixels_only_for_dynamic_resolution_processors(tiny_model_dirs):
-    from trl import ModelConfig
-
-    from selfalign.train.model import load_processor
+    from selfalign.processor import load_vlm_processor
 
     image = draw_shape("red", "circle", (128, 128))
-    qwen = ModelConfig(model_name_or_path=str(tiny_model_dirs["qwen2_vl"]))
-    full = load_processor(qwen).image_processor(images=[image])["image_grid_thw"].prod()
+    qwen = str(tiny_model_dirs["qwen2_vl"])
+    full = load_vlm_processor(qwen).image_processor(images=[image])["image_grid_thw"].prod()
     capped = (
-        load_processor(qwen, image_max_pixels=32 * 32)
+        load_vlm_processor(qwen, image_max_pixels=32 * 32)
         .image_processor(images=[image])["image_grid_thw"]
         .prod()
     )
     assert capped < full
     with pytest.raises(SelfAlignError, match="dynamic-resolution processors"):
-        load_processor(
-            ModelConfig(model_name_or_path=str(tiny_model_dirs["llava"])), image_max_pixels=32 * 32
-        )
+        load_vlm_processor(str(tiny_model_dirs["llava"]), image_max_pixels=32 * 32)

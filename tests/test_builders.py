@@ -154,3 +154,24 @@ def test_finished_shards_are_not_mixed_with_another_builds(image_folder, tmp_pat
     assert changed.returncode != 0
     assert "Traceback" not in changed.stderr
     assert "holds shards of a build with other settings" in changed.stderr
+
+
+def test_ids_come_from_content_and_prompt_whatever_ids_the_source_gives(image_folder, tmp_path):
+    """Two questions on one image are two rows; one image under two given ids is one row."""
+    manifest = image_folder / "manifest.jsonl"
+    rows = [
+        {"image": "red/circle-48x48.png", "id": "q1", "instruction": "What colour is the circle?"},
+        {"image": "red/circle-48x48.png", "id": "q2", "instruction": "What shape is it?"},
+        {"image": "blue/square-48x48.png", "id": "img-a", "instruction": "Describe it."},
+        {"image": "blue/square-48x48.png", "id": "img-b", "instruction": "Describe it."},
+    ]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out"
+    run_builder("images", "--manifest", str(manifest), "--output_dir", str(output))
+    manifest.unlink()
+
+    built = load_dataset(str(output), split="train")
+    assert built["source_id"] == ["q1", "q2", "img-a"]
+    assert len(set(built["id"])) == 3
+    rejects = [json.loads(line) for line in (output / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["reason"]) for r in rejects] == [("blue/square-48x48.png", "duplicate")]

@@ -196,7 +196,7 @@ def test_layout_refuses_shards_that_disagree_and_bad_names(rows, tmp_path):
 
 def test_card_metadata_statistics_plot_and_rejections(built, rows, hub_server, monkeypatch):
     card = DatasetCard.load(built / "README.md")
-    card.validate(repo_type="dataset")  # the test Hub checks only the front matter; the rest is below
+    card.validate(repo_type="dataset")
     assert DatasetCardData(**card.data.to_dict()).to_dict() == card.data.to_dict()
     data = card.data
     assert data.license == "apache-2.0"

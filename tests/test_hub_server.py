@@ -4,6 +4,7 @@ Each test creates its own repos (uuid suffix): the server lives for the whole se
 """
 
 import hashlib
+import re
 import signal
 import socket
 import subprocess
@@ -345,3 +346,20 @@ def test_command_line_server_prints_settings_and_stops_on_ctrl_c(tmp_path):
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
     assert (tmp_path / "repos").is_dir()
+
+
+def test_card_validation_rejects_bad_metadata(hub_server):
+    from huggingface_hub import DatasetCard, ModelCard
+
+    DatasetCard(
+        "---\nlicense: mit\nsize_categories:\n- n<1K\ntask_categories:\n- image-text-to-text\n---\n# ok\n"
+    ).validate()
+    for text, error in [
+        ("---\nsize_categories:\n- 5 rows\n---\n", "unknown value '5 rows'"),
+        ("---\ntags: {a: b}\n---\n", "'tags' must be a string or a list of strings"),
+        ("---\nconfigs:\n- data_files: x\n---\n", "'config_name' and 'data_files'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(error)):
+            DatasetCard(text).validate()
+    with pytest.raises(ValueError, match="'pipeline_tag' must be a string"):
+        ModelCard("---\npipeline_tag: [a, b]\n---\n").validate()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForImageTextToText, LlavaConfig, Qwen2VLConfig
 
 from selfalign.memory import (
@@ -251,11 +252,17 @@ def test_seed_recipes_are_found():
     assert {path.parts[-3] for path in SEED_RECIPES} >= {"llava-1.5-7b", "qwen2-vl-7b-instruct"}
 
 
+# The EACO SFT stage starts from the merged DPO model, which has its base model's architecture.
+SAME_ARCHITECTURE = {"your-org/llava-v1.6-mistral-7b-eaco-dpo-merged": "llava-hf/llava-v1.6-mistral-7b-hf"}
+
+
 @pytest.mark.parametrize("recipe", SEED_RECIPES, ids=lambda p: "/".join(p.parts[-3:]))
 def test_every_seed_recipe_estimates(recipe):
+    model = yaml.safe_load(recipe.read_text())["model_name_or_path"]
+    overrides = ["--base_model_id", SAME_ARCHITECTURE[model]] if model in SAME_ARCHITECTURE else []
     totals = {}
     for name in ("ddp", "zero3"):
-        estimate = estimate_recipe(recipe, ACCELERATE / f"{name}.yaml")
+        estimate = estimate_recipe(recipe, ACCELERATE / f"{name}.yaml", overrides=overrides)
         assert estimate.total > 0
         assert all(value >= 0 for value in estimate.components.values())
         totals[name] = estimate.total

@@ -12,6 +12,7 @@ from selfalign.build.policy import PolicySamplingArguments
 from selfalign.build.runner import BuildArguments
 from selfalign.config import RecipeError, parse_recipe
 from selfalign.images import ImageSourceArguments
+from selfalign.synthetic import ShapesWorldArguments
 from selfalign.train.arguments import ScriptArguments
 
 TRAINING_CONFIGS = {"dpo": DPOConfig, "sft": SFTConfig}
@@ -19,6 +20,8 @@ TRAINING_CONFIGS = {"dpo": DPOConfig, "sft": SFTConfig}
 BUILDER_RECIPES = {
     "images": (ImageSourceArguments, BuildArguments),
     "samples": (ImageSourceArguments, PolicySamplingArguments, BuildArguments),
+    "shapes": (ShapesWorldArguments, BuildArguments),
+    "world": (ShapesWorldArguments, BuildArguments),
 }
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).

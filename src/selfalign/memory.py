@@ -9,8 +9,9 @@ what the stack on this machine does (transformers 5, TRL 1.16, PEFT, accelerate 
   weights in 4-bit NF4 (0.5 byte) plus quantization constants (fp32 absmax per 64 weights, or 8-bit
   absmax plus fp32 per 256 blocks with double quantization); the vision tower, projector,
   embeddings, norms and lm_head stay in `dtype`, as `selfalign.train.model.quantization_config` sets.
-- trainable weights, gradients, optimizer: PEFT keeps LoRA weights in fp32, except that TRL casts
-  them to bf16 for a quantized base (and keeps them in the model dtype under ZeRO-3). Without
+- trainable weights, gradients, optimizer: PEFT keeps LoRA weights in fp32 (TRL casts them to bf16
+  for a quantized base, and selfalign casts them back: `keep_adapters_in_float32`), except under
+  DeepSpeed, whose engine holds them in the model dtype. Without
   DeepSpeed or FSDP, gradients and AdamW states are in the parameters' dtype (torch.optim): full
   fine-tuning of a bf16 model is then pure bf16, with no fp32 master copy; DDP adds its gradient
   buckets. DeepSpeed casts the model to bf16 and keeps an fp32 master copy and fp32 AdamW states
@@ -704,9 +705,9 @@ def estimate_memory(
 
     if setup.peft:
         trainable = lora_params + saved_copies
-        # PEFT upcasts adapters to fp32; TRL casts them to bf16 on a quantized base and keeps them in the
-        # model dtype under ZeRO-3; the DeepSpeed engine casts everything to bf16 (fp32 master in the optimizer).
-        if setup.quantized or launch.deepspeed and launch.mixed_precision != "no":
+        # PEFT upcasts adapters to fp32 (on a quantized base, selfalign undoes TRL's bf16 cast); the
+        # DeepSpeed engine casts everything to bf16 (fp32 master in the optimizer).
+        if launch.deepspeed and launch.mixed_precision != "no":
             p = 2
         else:
             p = 4

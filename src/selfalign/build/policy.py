@@ -16,6 +16,10 @@ class PolicySamplingArguments:
     policy_revision: str | None = field(
         default=None, metadata={"help": "Branch, tag or commit of the policy."}
     )
+    image_max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Cap on pixels per image for dynamic-resolution processors (Qwen2-VL family)."},
+    )
     dtype: str = field(
         default="auto", metadata={"help": "dtype to load the policy in (auto, bfloat16, float32)."}
     )
@@ -36,6 +40,7 @@ class PolicySamplingArguments:
             dtype=self.dtype,
             batch_size=self.batch_size,
             device=device,
+            image_max_pixels=self.image_max_pixels,
         )
 
     def params(self) -> SamplingParams:

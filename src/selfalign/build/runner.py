@@ -6,10 +6,14 @@ command skips the finished shards and redoes at most the ones in flight. Under `
 `accelerate launch` with K processes, shard k goes to rank k mod K; the main process then merges the
 shards in shard order, so the dataset does not depend on the number of processes. Only one shard
 of rows is ever held in memory; the merge keeps the row ids seen so far, to drop duplicates.
+
+Ranks hand shards over through `output_dir`, so on several nodes it must be on a shared
+filesystem: the main process waits for every shard file to appear there.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +32,7 @@ from datasets import Dataset, Features
 from tqdm.auto import tqdm
 
 from selfalign.errors import SelfAlignError
-from selfalign.images import Rejection
+from selfalign.images import Rejection, shareable_source
 from selfalign.publish.dataset import push_dataset, write_hub_layout
 from selfalign.publish.dataset_card import DatasetCardInfo, write_dataset_card
 
@@ -101,13 +105,14 @@ def run_sharded_build(
     Returns the merged result on the main process and None on the others. Rows must carry an `id`
     column: a row whose id was already seen earlier in input order is rejected as a duplicate.
     `settings` are the recipe values that shape the rows: finished shards are reused only by a run
-    with the same settings.
+    with the same settings and the same inputs (items are compared by their `str`).
     """
     rank, world, state = process_rank()
     shards_dir = Path(args.output_dir) / SHARDS_DIR
     shards_dir.mkdir(parents=True, exist_ok=True)
     num_shards = (len(items) + args.shard_size - 1) // args.shard_size
-    _check_same_build(shards_dir, {"settings": settings, "shard_size": args.shard_size, "inputs": len(items)})
+    inputs = hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
+    _check_same_build(shards_dir, {"settings": settings, "shard_size": args.shard_size, "inputs": inputs})
     logger.info(
         "process %d of %d: shards %d, %d, ... of %d (%d inputs)",
         rank,
@@ -212,7 +217,8 @@ def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 
 
 def _reject_line(rejection: Rejection) -> str:
-    return json.dumps(asdict(rejection), ensure_ascii=False) + "\n"
+    record = asdict(rejection) | {"source": shareable_source(rejection.source)}
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def _merge_shards(shards_dir: Path, num_shards: int, output_dir: Path) -> BuildResult:

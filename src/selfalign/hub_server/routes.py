@@ -18,6 +18,7 @@ import re
 import secrets
 from urllib.parse import urlencode
 
+from .card_checks import card_metadata_errors
 from .errors import HubError, bad_request, entry_not_found
 from .storage import (
     DEFAULT_BRANCH,
@@ -130,12 +131,11 @@ def delete_repo(app: HubApp, request: Request) -> Response:
 
 @router.route("POST", r"/api/validate-yaml")
 def validate_yaml(app: HubApp, request: Request) -> Response:
-    # Without a YAML parser (stdlib only) only the front matter's delimiters are checked.
-    lines = [line.strip() for line in str(request.json().get("content", "")).splitlines()]
-    if lines and lines[0] == "---" and "---" not in lines[1:]:
-        errors = [{"message": "The YAML metadata block opened by '---' is never closed"}]
-        return json_response({"errors": errors, "warnings": []}, 400)
-    return json_response({"errors": [], "warnings": []})
+    body = request.json()
+    errors = card_metadata_errors(str(body.get("content", "")), body.get("repoType") or "model")
+    return json_response(
+        {"errors": [{"message": error} for error in errors], "warnings": []}, 400 if errors else 200
+    )
 
 
 def _repo_from_body(body: dict) -> RepoId:

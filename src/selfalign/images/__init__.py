@@ -9,6 +9,7 @@ from selfalign.images.loading import (
     compute_content_hash,
     load_image_bytes,
     load_image_file,
+    shareable_source,
 )
 from selfalign.images.prompts import PROMPT_SETS, prompt_for, prompt_of, row_id
 from selfalign.images.sources import ImageSource, ImageSourceArguments, open_source
@@ -29,4 +30,5 @@ __all__ = [
     "prompt_for",
     "prompt_of",
     "row_id",
+    "shareable_source",
 ]

@@ -62,6 +62,11 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 WHITE = (255, 255, 255)
 
 
+def shareable_source(source: str) -> str:
+    """`source` as it may be published: an absolute path (a manifest may give one) becomes its file name."""
+    return Path(source).name if Path(source).is_absolute() else source
+
+
 @dataclass(frozen=True, slots=True)  # slots: a source may list millions of items
 class SourceItem:
     """One raw input, cheap to enumerate: where it comes from, never its pixels."""

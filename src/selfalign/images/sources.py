@@ -107,6 +107,9 @@ def _check_arguments(spec: ImageSourceArguments) -> None:
         raise SelfAlignError(
             f"set exactly one of image_folder, manifest, dataset_name as the image source (set: {found})"
         )
+    empty = [name for name in given if not str(getattr(spec, name)).strip()]
+    if empty:
+        raise SelfAlignError(f"{empty[0]} is empty: give the path (or Hub id) of the images")
     if spec.prompt_set is not None:
         check_prompt_set(spec.prompt_set)
     if not 1 <= spec.reject_below_side <= spec.min_image_side:

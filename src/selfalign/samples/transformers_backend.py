@@ -54,7 +54,6 @@ import torch
 from huggingface_hub import ResolvedRevision
 from transformers import (
     AutoModelForImageTextToText,
-    AutoProcessor,
     BatchFeature,
     GenerationConfig,
     LogitsProcessor,
@@ -66,6 +65,7 @@ from transformers import (
 from transformers.utils.hub import resolve_revision
 
 from selfalign.errors import SelfAlignError
+from selfalign.processor import load_vlm_processor
 from selfalign.samples.sampler import Completion, FinishReason, GenerationRequest, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class TransformersBackend:
         dtype: str = "auto",
         batch_size: int = 8,
         device: str | None = None,
+        image_max_pixels: int | None = None,
     ):
         if batch_size < 1:
             raise SelfAlignError(f"batch_size must be at least 1, got {batch_size}")
@@ -166,8 +167,8 @@ class TransformersBackend:
             self.revision = resolved.resolved
         else:  # the Hub could not be asked and the cache does not know: keep what was requested
             self.revision = revision or "main"
+        self.processor = load_vlm_processor(model_name_or_path, resolved, image_max_pixels)
         try:
-            self.processor = AutoProcessor.from_pretrained(model_name_or_path, revision=resolved)
             self.model = AutoModelForImageTextToText.from_pretrained(
                 model_name_or_path, revision=resolved, dtype=dtype
             )

@@ -4,42 +4,13 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig
-from transformers import AutoProcessor, BitsAndBytesConfig, ProcessorMixin
+from transformers import BitsAndBytesConfig
 from trl import ModelConfig
-
-from selfalign.errors import SelfAlignError
 
 # The vision tower and projector stay in full precision under QLoRA and get no adapters: the
 # recipes follow LLaVA's practice of adapting only the language model.
 VISION_MODULES = ("model.vision_tower", "model.multi_modal_projector", "model.visual")
 ALL_LINEAR_LANGUAGE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def load_processor(model_args: ModelConfig, image_max_pixels: int | None = None) -> ProcessorMixin:
-    """Load the model's processor and check that it can format conversations."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise SelfAlignError("model_name_or_path is required")
-    overrides = {"max_pixels": image_max_pixels} if image_max_pixels else {}
-    try:
-        processor = AutoProcessor.from_pretrained(name, revision=model_args.model_revision, **overrides)
-    except (OSError, ValueError) as error:
-        raise SelfAlignError(f"could not load a processor from '{name}': {error}") from error
-    if not isinstance(processor, ProcessorMixin):
-        raise SelfAlignError(
-            f"'{name}' has a tokenizer but no image processor: it is not a vision-language model"
-        )
-    if image_max_pixels and getattr(processor.image_processor.size, "longest_edge", None) != image_max_pixels:
-        raise SelfAlignError(
-            f"image_max_pixels applies to dynamic-resolution processors (Qwen2-VL family); '{name}' uses "
-            f"{type(processor.image_processor).__name__}, which resizes to a fixed size"
-        )
-    if processor.chat_template is None and processor.tokenizer.chat_template is None:
-        raise SelfAlignError(
-            f"'{name}' has no chat template, so conversations cannot be formatted for it. Add one to the "
-            "processor (chat_template.jinja) or use the instruct/chat variant of the model."
-        )
-    return processor
 
 
 def quantization_config(model_args: ModelConfig) -> BitsAndBytesConfig | None:
@@ -93,3 +64,15 @@ def model_init_kwargs(model_args: ModelConfig, training_args) -> dict:
         "dtype": model_args.dtype,
         "attn_implementation": model_args.attn_implementation,
     }
+
+
+def keep_adapters_in_float32(model) -> None:
+    """Undo TRL's cast of QLoRA adapters to bfloat16.
+
+    Without fp32 master weights (one GPU, plain DDP), AdamW steps below bfloat16's resolution vanish:
+    at the recipes' lr of 1e-7, lora_A never moves. The adapters are a few percent of the model, so
+    fp32 costs little; PEFT casts the layer input to the adapter's dtype.
+    """
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()

@@ -13,11 +13,17 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DatasetMixtureConfig, ModelConfig
 
 from selfalign.errors import SelfAlignError
+from selfalign.processor import load_vlm_processor
 from selfalign.publish.hub import check_can_push, push_folder
 from selfalign.publish.model_card import TrainingRun, render_model_card
 from selfalign.train.arguments import ScriptArguments
 from selfalign.train.data import load_training_data
-from selfalign.train.model import load_processor, lora_config, model_init_kwargs, quantization_config
+from selfalign.train.model import (
+    keep_adapters_in_float32,
+    lora_config,
+    model_init_kwargs,
+    quantization_config,
+)
 
 logger = logging.getLogger("selfalign")
 # Hyperparameters a card reports, when the trainer's config has them.
@@ -51,7 +57,9 @@ def run_training(
     push = plan_publishing(script_args, training_args, model_args)
     resume_from = checkpoint_to_resume(training_args)
 
-    processor = load_processor(model_args, script_args.image_max_pixels)
+    processor = load_vlm_processor(
+        model_args.model_name_or_path, model_args.model_revision, script_args.image_max_pixels
+    )
     evaluate = training_args.eval_strategy != "no"
     data = load_training_data(script_args, mixture, data_contract, need_test_split=evaluate)
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
@@ -65,6 +73,8 @@ def run_training(
         quantization_config=quantization_config(model_args),
         peft_config=lora_config(model_args),
     )
+    if model_args.load_in_4bit:
+        keep_adapters_in_float32(trainer.model)
     train_and_evaluate(trainer, resume_from, evaluate)
     finish_run(trainer, script_args, training_args, model_args, mixture, push)
     trainer.end()

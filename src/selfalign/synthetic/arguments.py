@@ -1,0 +1,70 @@
+"""Recipe keys of the shapes world (dataset_builders/shapes.py), parsed by `selfalign.config.parse_recipe`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from selfalign.synthetic.scenes import COLOURS, SHAPES, World
+
+
+@dataclass
+class ShapesWorldArguments:
+    """Recipe keys of the shapes world and of the kind of rows to build from it."""
+
+    kind: Literal["sft", "eval", "clip", "qa"] = field(
+        default="sft",
+        metadata={"help": "Rows to build: sft, eval, clip or qa (see the builder's docstring)."},
+    )
+    scene_split: Literal["train", "eval"] | None = field(
+        default=None,
+        metadata={
+            "help": "Scenes to draw from: train or eval seeds. Default: eval for kind eval, else train."
+        },
+    )
+    world_seed: int = field(
+        default=0, metadata={"help": "Seed of the world: every scene seed derives from it."}
+    )
+    train_scenes: int = field(default=2000, metadata={"help": "Number of training scenes."})
+    eval_scenes: int = field(default=200, metadata={"help": "Number of held-out evaluation scenes."})
+    canvas_size: int = field(default=64, metadata={"help": "Side of the square images, in pixels."})
+    min_objects: int = field(default=1, metadata={"help": "Fewest objects in a scene."})
+    max_objects: int = field(default=4, metadata={"help": "Most objects in a scene (at most 9)."})
+    colours: list[str] = field(
+        default_factory=lambda: list(COLOURS),
+        metadata={"help": f"Object colours, most common first; from: {', '.join(COLOURS)}."},
+    )
+    shapes: list[str] = field(
+        default_factory=lambda: list(SHAPES),
+        metadata={"help": f"Object shapes, most common first; from: {', '.join(SHAPES)}."},
+    )
+    clutter: bool = field(default=True, metadata={"help": "Draw grey specks and faint lines (not objects)."})
+    questions_per_scene: int = field(
+        default=1, metadata={"help": "Question/answer rows per scene (kinds sft and qa), of distinct types."}
+    )
+    pope_probes_per_answer: int = field(
+        default=3, metadata={"help": "Kind eval: at most this many yes and as many no probes per strategy."}
+    )
+
+    def __post_init__(self):
+        counts = ("train_scenes", "eval_scenes", "questions_per_scene", "pope_probes_per_answer")
+        negative = [name for name in counts if getattr(self, name) < 0]
+        if negative:
+            raise ValueError(f"{', '.join(negative)} must not be negative")
+
+    def world(self) -> World:
+        return World(
+            seed=self.world_seed,
+            canvas_size=self.canvas_size,
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+            colours=tuple(self.colours),
+            shapes=tuple(self.shapes),
+            clutter=self.clutter,
+        )
+
+    def split(self) -> str:
+        return self.scene_split or ("eval" if self.kind == "eval" else "train")
+
+    def num_scenes(self) -> int:
+        return self.eval_scenes if self.split() == "eval" else self.train_scenes
