@@ -28,3 +28,12 @@ def run_script(name: str, *args: str, cwd: Path | None = None, env: dict | None 
         text=True,
         timeout=600,
     )
+
+
+def describe_inputs(processor, image):
+    """Model inputs asking a VLM to describe `image`, as the card's usage snippet builds them."""
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(images=[image], text=prompt, return_tensors="pt")

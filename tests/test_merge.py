@@ -1,7 +1,7 @@
 """scripts/merge_adapter.py folds a trained LoRA adapter into its base: same outputs, no adapter left."""
 
 import torch
-from helpers import REPO, load_script
+from helpers import REPO, describe_inputs, load_script
 from peft import PeftModel
 from test_training import run_main
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -23,14 +23,7 @@ def test_merged_model_matches_base_plus_adapter(tiny_model_dirs, local_datasets,
     ]))  # fmt: skip
 
     processor = AutoProcessor.from_pretrained(merged)
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
-    ]
-    inputs = processor(
-        images=[draw_shape("green", "square", (48, 48))],
-        text=processor.apply_chat_template(messages, add_generation_prompt=True),
-        return_tensors="pt",
-    )
+    inputs = describe_inputs(processor, draw_shape("green", "square", (48, 48)))
     with torch.no_grad():
         expected = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), adapter)(
             **inputs

@@ -6,7 +6,7 @@ import sys
 import uuid
 
 import torch
-from helpers import REPO
+from helpers import REPO, describe_inputs
 from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
 from test_training import run_main
@@ -60,14 +60,7 @@ def test_adapter_round_trip_through_the_hub(hub_server, tiny_model_dirs, tmp_pat
     loaded = dict(model.named_parameters())
     assert trained and all(torch.equal(loaded[name], param.detach()) for name, param in trained.items())
     processor = AutoProcessor.from_pretrained(adapter_id)
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
-    ]
-    inputs = processor(
-        images=[draw_shape("red", "circle", (48, 48))],
-        text=processor.apply_chat_template(messages, add_generation_prompt=True),
-        return_tensors="pt",
-    )
+    inputs = describe_inputs(processor, draw_shape("red", "circle", (48, 48)))
     output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert output.shape[1] > inputs["input_ids"].shape[1]
 
