@@ -6,9 +6,10 @@
 4. train a DPO LoRA adapter with scripts/dpo.py from the published model and data, and publish it,
 5. load the dataset and the adapter back from the Hub and caption two images.
 
-Everything lives under outputs/demo/; nothing leaves this machine.
+Everything lives under outputs/demo/ (or --output-dir); nothing leaves this machine.
 """
 
+import argparse
 import os
 import shutil
 import socket
@@ -20,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT = REPO / "outputs" / "demo"
 BASE_ID = "selfalign-demo/tiny-qwen2-vl"
 DATA_ID = "selfalign-demo/shapes-pairs"
 ADAPTER_ID = "selfalign-demo/tiny-qwen2-vl-dpo-lora"
@@ -32,19 +32,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_hub(port: int) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "selfalign.hub_server",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(OUTPUT / "hub"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+def start_hub(port: int, output: Path) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "selfalign.hub_server",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(output / "hub"),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     for _ in range(100):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/whoami-v2", timeout=1)
@@ -62,7 +60,12 @@ def step(number: int, text: str) -> None:
 
 
 def main() -> None:
-    shutil.rmtree(OUTPUT, ignore_errors=True)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output-dir", type=Path, default=REPO / "outputs" / "demo")
+    output = parser.parse_args().output_dir.resolve()
+    shutil.rmtree(output, ignore_errors=True)
     port = free_port()
     # The Hub clients read these when first imported, so they are set before any import of them.
     os.environ.update(
@@ -70,21 +73,21 @@ def main() -> None:
             "HF_ENDPOINT": f"http://127.0.0.1:{port}",
             "HF_TOKEN": "selfalign-demo-token",  # the local server accepts any token
             "HF_HUB_DISABLE_XET": "1",
-            "HF_HOME": str(OUTPUT / "hf_home"),
+            "HF_HOME": str(output / "hf_home"),
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
     )
-    step(1, f"Starting the local Hub on 127.0.0.1:{port} (data in outputs/demo/hub)")
-    server = start_hub(port)
+    step(1, f"Starting the local Hub on 127.0.0.1:{port} (data in {output / 'hub'})")
+    server = start_hub(port, output)
     try:
-        run_demo()
+        run_demo(output)
     finally:
         server.terminate()
         server.wait()
 
 
-def run_demo() -> None:
+def run_demo(output: Path) -> None:
     import numpy as np
     from datasets import load_dataset
     from peft import PeftModel
@@ -95,7 +98,7 @@ def run_demo() -> None:
     from selfalign.tiny_zoo import build_tiny_model
 
     step(2, f"Building a tiny Qwen2-VL and publishing it as {BASE_ID}")
-    model_dir = build_tiny_model("qwen2_vl", OUTPUT / "tiny_models" / "qwen2_vl")
+    model_dir = build_tiny_model("qwen2_vl", output / "tiny_models" / "qwen2_vl")
     push_folder(model_dir, BASE_ID, commit_message="Tiny Qwen2-VL from the selfalign zoo")
 
     step(3, f"Building 32 preference pairs of coloured shapes and publishing them as {DATA_ID}")
@@ -109,7 +112,7 @@ def run_demo() -> None:
         "--model_name_or_path", BASE_ID,
         "--dataset_name", DATA_ID,
         "--max_steps", "8",
-        "--output_dir", str(OUTPUT / "dpo_lora"),
+        "--output_dir", str(output / "dpo_lora"),
         "--push_to_hub", "true",
         "--hub_model_id", ADAPTER_ID,
         "--logging_steps", "4",
@@ -134,12 +137,12 @@ def run_demo() -> None:
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     for colour, shape in (("red", "circle"), ("blue", "square")):
         inputs = processor(images=[draw_shape(colour, shape, (48, 48))], text=prompt, return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-        caption = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        caption = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         print(f"  {colour} {shape} -> {caption!r}")
     print(
         "\nDone. The tiny model is random, so its captions are noise: this demo shows the pipeline, not quality.\n"
-        f"Published: {BASE_ID}, {DATA_ID}, {ADAPTER_ID} (card: outputs/demo/dpo_lora/README.md)."
+        f"Published: {BASE_ID}, {DATA_ID}, {ADAPTER_ID} (card: {output / 'dpo_lora' / 'README.md'})."
     )
 
 
