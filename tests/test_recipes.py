@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
-from helpers import REPO, run_script
+from helpers import REPO, load_script, run_script
 from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, SFTConfig
 
 from selfalign.build.policy import PolicySamplingArguments
@@ -22,6 +22,7 @@ BUILDER_RECIPES = {
     "samples": (ImageSourceArguments, PolicySamplingArguments, BuildArguments),
     "shapes": (ShapesWorldArguments, BuildArguments),
     "world": (ShapesWorldArguments, BuildArguments),
+    "clip": (load_script("train_clip").ClipTrainingArguments,),
 }
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).
