@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
         help="what to build (default: every VLM family and the CLIP)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--preset",
+        choices=("tiny", "shapes"),
+        default="tiny",
+        help="model size: tiny (tests) or shapes (the shapes-world policy, trained from scratch)",
+    )
     args = parser.parse_args(argv)
     logging.disable_progress_bar()
 
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == CLIP:
             folder = build_tiny_clip(target, seed=args.seed)
         else:
-            folder = build_tiny_model(name, target, seed=args.seed)
+            folder = build_tiny_model(name, target, seed=args.seed, preset=args.preset)
         elapsed = time.perf_counter() - start
         print(f"{name:<11} {folder}  {folder_size(folder) / 1e6:.2f} MB  {elapsed:.1f} s")
 

@@ -11,6 +11,7 @@ from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, SFTConfig
 from selfalign.build.policy import PolicySamplingArguments
 from selfalign.build.runner import BuildArguments
 from selfalign.config import RecipeError, parse_recipe
+from selfalign.evaluation import EvaluationArguments
 from selfalign.images import ImageSourceArguments
 from selfalign.synthetic import ShapesWorldArguments
 from selfalign.train.arguments import ScriptArguments
@@ -23,6 +24,7 @@ BUILDER_RECIPES = {
     "shapes": (ShapesWorldArguments, BuildArguments),
     "world": (ShapesWorldArguments, BuildArguments),
     "clip": (load_script("train_clip").ClipTrainingArguments,),
+    "eval": (EvaluationArguments,),
 }
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).

@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tokenizers
@@ -440,15 +441,55 @@ QWEN2_VL_CHAT_TEMPLATE = (
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared sizes. Text: hidden 64, 2 layers. Vision: width 32, tiny images, 8-px patches.
+# Sizes. Two presets: "tiny" (the default: text hidden 64 x 2 layers, vision width 32 x 2 blocks),
+# small enough for every test, and "shapes", a wider and deeper one for the shapes-world policy,
+# which must learn to caption from scratch in a few CPU minutes (recipes/shapes/policy_sft.yaml).
+# Images, patches and tokenizers are the same in both.
 # ---------------------------------------------------------------------------------------------
 
-_TEXT_SIZE = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The sizes a preset sets: the text model's, and the Qwen vision tower's (LLaVA keeps the tiny CLIP)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vision_width: int
+    vision_depth: int
+
+    def text_size(self) -> dict:
+        return {
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+        }
+
+
+PRESETS: dict[str, ModelSize] = {
+    "tiny": ModelSize(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vision_width=32,
+        vision_depth=2,
+    ),
+    "shapes": ModelSize(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vision_width=64,
+        vision_depth=2,
+    ),
 }
+DEFAULT_PRESET = "tiny"
 _CLIP_IMAGE_SIZE = 32  # LLaVA's image (and LLaVA-NeXT's tile) side: (32 / 8)^2 = 16 patches
 _PATCH_SIZE = 8
 # LLaVA-NeXT's anyres grids (height, width): 1x2, 2x1 and 2x2 tiles, like the real 336-px pinpoints.
@@ -509,7 +550,7 @@ def _llava_processor_kwargs() -> dict:
     }
 
 
-def _build_llava(seed: int) -> _Build:
+def _build_llava(seed: int, size: ModelSize) -> _Build:
     tokenizer = _llama_tokenizer(LLAVA_CHAT_TEMPLATE)
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessor(**_clip_image_processing()),
@@ -522,8 +563,8 @@ def _build_llava(seed: int) -> _Build:
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=4096,
-        num_key_value_heads=4,
-        **_TEXT_SIZE,
+        num_key_value_heads=size.num_attention_heads,
+        **size.text_size(),
         **token_ids,
     )
     config = LlavaConfig(text_config=text_config, **_llava_config_kwargs(tokenizer), **token_ids)
@@ -531,7 +572,7 @@ def _build_llava(seed: int) -> _Build:
     return LlavaForConditionalGeneration(config), processor, GenerationConfig(**token_ids)
 
 
-def _build_llava_next(seed: int) -> _Build:
+def _build_llava_next(seed: int, size: ModelSize) -> _Build:
     tokenizer = _llama_tokenizer(LLAVA_NEXT_CHAT_TEMPLATE)
     image_processor = LlavaNextImageProcessor(
         image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS, **_clip_image_processing()
@@ -547,10 +588,10 @@ def _build_llava_next(seed: int) -> _Build:
     text_config = MistralConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=32768,
-        num_key_value_heads=2,
+        num_key_value_heads=size.num_key_value_heads,
         sliding_window=None,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        **_TEXT_SIZE,
+        **size.text_size(),
         **token_ids,
     )
     config = LlavaNextConfig(
@@ -577,18 +618,23 @@ def _qwen_vision_processing() -> dict:
     }
 
 
-def _qwen_config_kwargs(tokenizer, vision_config: dict) -> dict:
+def _qwen_config_kwargs(tokenizer, vision_config: dict, size: ModelSize) -> dict:
     """Text config, vision config, and the vision and bos/eos/pad token ids of a Qwen2(.5)-VL config."""
     # The Instruct checkpoints' ids: a turn ends with <|im_end|>; <|endoftext|> is bos and pad.
     token_ids = _token_ids(tokenizer, bos="<|endoftext|>", eos="<|im_end|>", pad="<|endoftext|>")
+    # Multimodal RoPE: the (temporal, height, width) sections split head_dim / 2 frequencies in the
+    # real models' 16:24:24 proportion (8 frequencies -> [2, 3, 3] at the tiny size).
+    eighth = size.hidden_size // size.num_attention_heads // 2 // 8
     text_config = {
         "vocab_size": len(tokenizer),
         "max_position_embeddings": 32768,
-        "num_key_value_heads": 2,
-        # Multimodal RoPE: the (temporal, height, width) sections split head_dim / 2 = 8 frequencies,
-        # in the real models' 16:24:24 proportion.
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
-        **_TEXT_SIZE,
+        "num_key_value_heads": size.num_key_value_heads,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1_000_000.0,
+            "mrope_section": [2 * eighth, 3 * eighth, 3 * eighth],
+        },
+        **size.text_size(),
         **token_ids,
     }
     vision_token_ids = {
@@ -611,36 +657,36 @@ def _qwen_generation_config(tokenizer) -> GenerationConfig:
     return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext)
 
 
-def _build_qwen2_vl(seed: int) -> _Build:
+def _build_qwen2_vl(seed: int, size: ModelSize) -> _Build:
     tokenizer = _qwen2_tokenizer(QWEN2_VL_CHAT_TEMPLATE)
     processor = Qwen2VLProcessor(
         tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE, **_qwen_vision_processing()
     )
     vision_config = {
-        "depth": 2,
-        "embed_dim": 32,
-        "hidden_size": _TEXT_SIZE["hidden_size"],  # the patch merger projects into the text model's width
+        "depth": size.vision_depth,
+        "embed_dim": size.vision_width,
+        "hidden_size": size.hidden_size,  # the patch merger projects into the text model's width
         "num_heads": 2,
         "mlp_ratio": 2,
         "patch_size": _PATCH_SIZE,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2VLConfig(**_qwen_config_kwargs(tokenizer, vision_config))
+    config = Qwen2VLConfig(**_qwen_config_kwargs(tokenizer, vision_config, size))
     torch.manual_seed(seed)
     return Qwen2VLForConditionalGeneration(config), processor, _qwen_generation_config(tokenizer)
 
 
-def _build_qwen2_5_vl(seed: int) -> _Build:
+def _build_qwen2_5_vl(seed: int, size: ModelSize) -> _Build:
     tokenizer = _qwen2_tokenizer(QWEN2_VL_CHAT_TEMPLATE)
     processor = Qwen2_5_VLProcessor(
         tokenizer=tokenizer, chat_template=QWEN2_VL_CHAT_TEMPLATE, **_qwen_vision_processing()
     )
     vision_config = {
-        "depth": 2,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "out_hidden_size": _TEXT_SIZE["hidden_size"],
+        "depth": size.vision_depth,
+        "hidden_size": size.vision_width,
+        "intermediate_size": 2 * size.vision_width,
+        "out_hidden_size": size.hidden_size,
         "num_heads": 2,
         "patch_size": _PATCH_SIZE,
         "spatial_merge_size": 2,
@@ -648,14 +694,14 @@ def _build_qwen2_5_vl(seed: int) -> _Build:
         # Window attention over 32-px windows (2x2 merged tokens); the last block attends globally,
         # like the real model's full-attention blocks 7, 15, 23, 31.
         "window_size": 32,
-        "fullatt_block_indexes": [1],
+        "fullatt_block_indexes": [size.vision_depth - 1],
     }
-    config = Qwen2_5_VLConfig(**_qwen_config_kwargs(tokenizer, vision_config))
+    config = Qwen2_5_VLConfig(**_qwen_config_kwargs(tokenizer, vision_config, size))
     torch.manual_seed(seed)
     return Qwen2_5_VLForConditionalGeneration(config), processor, _qwen_generation_config(tokenizer)
 
 
-_BUILDERS: dict[str, Callable[[int], _Build]] = {
+_BUILDERS: dict[str, Callable[[int, ModelSize], _Build]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
     "qwen2_vl": _build_qwen2_vl,
@@ -668,12 +714,13 @@ _BUILDERS: dict[str, Callable[[int], _Build]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _build_spec(name: str, seed: int) -> dict:
-    """What determines a build's bytes: this module's code, the seed and the library versions."""
+def _build_spec(name: str, seed: int, preset: str = DEFAULT_PRESET) -> dict:
+    """What determines a build's bytes: this module's code, the seed, the size preset and the library versions."""
     code_hash = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     return {
         "name": name,
         "seed": seed,
+        "preset": preset,
         "code_sha256": code_hash,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -713,21 +760,26 @@ def _build_into(output_dir: str | Path, spec: dict, write_files: Callable[[Path]
     return output_dir
 
 
-def build_tiny_model(family: str, output_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    family: str, output_dir: str | Path, seed: int = 0, preset: str = DEFAULT_PRESET
+) -> Path:
     """Build a tiny random checkpoint of ``family`` (model, processor, tokenizer) into ``output_dir``.
 
+    ``preset`` picks the sizes (``PRESETS``): "tiny" for tests, "shapes" for the shapes-world policy.
     The folder loads with ``AutoProcessor`` and ``AutoModelForImageTextToText``. Returns ``output_dir``.
     """
     if family not in _BUILDERS:
         raise ValueError(f"Unknown tiny model family {family!r}; valid families: {', '.join(FAMILIES)}")
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown size preset {preset!r}; valid presets: {', '.join(PRESETS)}")
 
     def write_files(folder: Path) -> None:
-        model, processor, generation_config = _BUILDERS[family](seed)
+        model, processor, generation_config = _BUILDERS[family](seed, PRESETS[preset])
         model.generation_config = generation_config
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    return _build_into(output_dir, _build_spec(family, seed), write_files)
+    return _build_into(output_dir, _build_spec(family, seed, preset), write_files)
 
 
 def build_tiny_clip(output_dir: str | Path, seed: int = 0) -> Path:

@@ -1,0 +1,40 @@
+"""Evaluate a policy VLM (base, merged, or a LoRA adapter on its base) on held-out shapes-world scenes.
+
+    python dataset_builders/shapes.py --config recipes/shapes/world.yaml --kind eval --output_dir outputs/shapes/eval
+    python scripts/evaluate.py --config recipes/shapes/eval.yaml [--model_name_or_path outputs/shapes/policy]
+
+Greedy captions are scored with CHAIR (CHAIR_i, CHAIR_s, object recall, mean caption length) and
+greedy answers to the POPE probes with POPE (accuracy, precision, recall, F1, yes-ratio per sampling
+strategy). Writes report.json (every number, the recipe, the model id and revision), report.md (a
+short table, also printed) and generations.jsonl (what the model wrote) into `output_dir`. The steps
+are `selfalign.evaluation.evaluate_model`.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+# This file shares its name with the `evaluate` library: run as a script, its folder comes first on
+# the import path and `import evaluate` would find this file. Drop the folder before importing.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+from selfalign.config import parse_recipe  # noqa: E402
+from selfalign.errors import SelfAlignError  # noqa: E402
+from selfalign.evaluation import EvaluationArguments, evaluate_model, markdown_report  # noqa: E402
+
+RECIPE_DATACLASSES = (EvaluationArguments,)
+
+
+def main(args: EvaluationArguments) -> dict:
+    report = evaluate_model(args)
+    print(markdown_report(report))
+    print(f"report written to {args.output_dir}/report.json and report.md ({report['seconds']} s)")
+    return report
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        main(*parse_recipe(RECIPE_DATACLASSES))
+    except SelfAlignError as error:
+        sys.exit(f"error: {error}")
