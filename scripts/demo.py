@@ -1,15 +1,23 @@
-"""The offline end-to-end demo (`make demo`): every step a user takes, on a tiny model and a local Hub.
+"""The offline showcase (`make demo`): the shapes world, its base models, and how much the policy hallucinates.
 
-1. start the project's Hub server on 127.0.0.1 (as `python -m selfalign.hub_server` would),
-2. build a tiny Qwen2-VL and publish it,
-3. build a small preference set of coloured shapes and publish it,
-4. train a DPO LoRA adapter with scripts/dpo.py from the published model and data, and publish it,
-5. load the dataset and the adapter back from the Hub and caption two images.
+Every step is the command a user would run, with the project's recipes, against a local Hub:
 
-Everything lives under outputs/demo/ (or --output-dir); nothing leaves this machine.
+1. start the project's Hub server on 127.0.0.1 (`python -m selfalign.hub_server`),
+2. build the shapes world (recipes/shapes/world.yaml): SFT rows and held-out eval scenes, published;
+   CLIP rows for training and held-out retrieval,
+3. train the tiny CLIP (recipes/shapes/clip.yaml) and publish it,
+4. build a tiny LLaVA whose vision tower is that CLIP (`scripts/make_tiny_models.py --vision-tower`)
+   and publish it as the base model to start from,
+5. SFT the published model into the base policy (recipes/shapes/policy_sft.yaml) and publish it,
+6. evaluate the published policy on the published held-out scenes (recipes/shapes/eval.yaml),
+7. write the comparison table (outputs/demo/report.md, also printed) and its bar chart (report.png).
+
+Everything lives under outputs/demo/ (or --output-dir), which is rebuilt from scratch on each run;
+nothing leaves this machine. It takes a few minutes on 2 CPU cores.
 """
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -21,9 +29,14 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_ID = "selfalign-demo/tiny-qwen2-vl"
-DATA_ID = "selfalign-demo/shapes-pairs"
-ADAPTER_ID = "selfalign-demo/tiny-qwen2-vl-dpo-lora"
+RECIPES = REPO / "recipes" / "shapes"
+NAMESPACE = "selfalign-demo"
+SFT_DATA_ID = f"{NAMESPACE}/shapes-sft"
+EVAL_DATA_ID = f"{NAMESPACE}/shapes-eval"
+CLIP_ID = f"{NAMESPACE}/shapes-clip"
+INIT_ID = f"{NAMESPACE}/shapes-llava-init"
+POLICY_ID = f"{NAMESPACE}/shapes-policy"
+STEPS = 7
 
 
 def free_port() -> int:
@@ -56,7 +69,17 @@ def start_hub(port: int, output: Path) -> subprocess.Popen:
 
 
 def step(number: int, text: str) -> None:
-    print(f"\n[{number}/5] {text}", flush=True)
+    print(f"\n[{number}/{STEPS}] {text}", flush=True)
+
+
+def run(script: str, *args: str) -> None:
+    """Run one of the project's scripts as a user would; stop the demo if it fails."""
+    command = [sys.executable, str(REPO / script), *args]
+    print("$ python " + " ".join([script, *args]), flush=True)
+    started = time.perf_counter()
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"error: `python {script}` failed (its output is above)")
+    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -67,7 +90,7 @@ def main() -> None:
     output = parser.parse_args().output_dir.resolve()
     shutil.rmtree(output, ignore_errors=True)
     port = free_port()
-    # The Hub clients read these when first imported, so they are set before any import of them.
+    # The scripts' Hub clients read these when first imported: set before any of them starts.
     os.environ.update(
         {
             "HF_ENDPOINT": f"http://127.0.0.1:{port}",
@@ -78,6 +101,7 @@ def main() -> None:
             "TOKENIZERS_PARALLELISM": "false",
         }
     )
+    started = time.perf_counter()
     step(1, f"Starting the local Hub on 127.0.0.1:{port} (data in {output / 'hub'})")
     server = start_hub(port, output)
     try:
@@ -85,65 +109,69 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+    print(f"\nDemo finished in {(time.perf_counter() - started) / 60:.1f} min.")
 
 
 def run_demo(output: Path) -> None:
-    import numpy as np
-    from datasets import load_dataset
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    world = str(RECIPES / "world.yaml")
+    step(
+        2,
+        f"Building the shapes world; publishing the SFT rows ({SFT_DATA_ID}) and eval scenes ({EVAL_DATA_ID})",
+    )
+    build = "dataset_builders/shapes.py"
+    run(build, "--config", world, "--kind", "sft", "--output_dir", f"{output}/world/sft",
+        "--push_to_hub", "true", "--hub_dataset_id", SFT_DATA_ID)  # fmt: skip
+    run(build, "--config", world, "--kind", "eval", "--split", "test", "--output_dir", f"{output}/world/eval",
+        "--push_to_hub", "true", "--hub_dataset_id", EVAL_DATA_ID)  # fmt: skip
+    run(build, "--config", world, "--kind", "clip", "--output_dir", f"{output}/world/clip")
+    run(build, "--config", world, "--kind", "clip", "--scene_split", "eval", "--split", "test",
+        "--output_dir", f"{output}/world/clip_eval")  # fmt: skip
 
+    step(3, f"Training the tiny CLIP (held-out retrieval is measured) and publishing it as {CLIP_ID}")
+    run("scripts/train_clip.py", "--config", str(RECIPES / "clip.yaml"), "--num_threads", str(os.cpu_count()),
+        "--train_dataset", f"{output}/world/clip", "--eval_dataset", f"{output}/world/clip_eval",
+        "--output_dir", f"{output}/clip", "--push_to_hub", "true", "--hub_model_id", CLIP_ID)  # fmt: skip
+
+    step(4, f"Building a tiny LLaVA whose vision tower is the trained CLIP; publishing it as {INIT_ID}")
+    run("scripts/make_tiny_models.py", "--families", "llava", "--preset", "shapes",
+        "--vision-tower", f"{output}/clip", "--output-dir", f"{output}/models")  # fmt: skip
     from selfalign.publish.hub import push_folder
-    from selfalign.tiny_data import draw_shape, preference_dataset
-    from selfalign.tiny_zoo import build_tiny_model
 
-    step(2, f"Building a tiny Qwen2-VL and publishing it as {BASE_ID}")
-    model_dir = build_tiny_model("qwen2_vl", output / "tiny_models" / "qwen2_vl")
-    push_folder(model_dir, BASE_ID, commit_message="Tiny Qwen2-VL from the selfalign zoo")
-
-    step(3, f"Building 32 preference pairs of coloured shapes and publishing them as {DATA_ID}")
-    pairs = preference_dataset(num_rows=32, seed=0)
-    pairs.push_to_hub(DATA_ID)
-
-    step(4, "Training a DPO LoRA adapter with scripts/dpo.py (recipes/tiny/dpo_lora.yaml) and publishing it")
-    command = [
-        sys.executable, str(REPO / "scripts" / "dpo.py"),
-        "--config", str(REPO / "recipes" / "tiny" / "dpo_lora.yaml"),
-        "--model_name_or_path", BASE_ID,
-        "--dataset_name", DATA_ID,
-        "--max_steps", "8",
-        "--output_dir", str(output / "dpo_lora"),
-        "--push_to_hub", "true",
-        "--hub_model_id", ADAPTER_ID,
-        "--logging_steps", "4",
-        "--disable_tqdm", "true",
-    ]  # fmt: skip
-    print("  $ python scripts/dpo.py --config recipes/tiny/dpo_lora.yaml --model_name_or_path", BASE_ID,
-          "--dataset_name", DATA_ID, "--max_steps 8 --push_to_hub true --hub_model_id", ADAPTER_ID)  # fmt: skip
-    subprocess.run(command, check=True)
-
-    step(5, "Loading the dataset and the adapter back from the Hub and captioning two images")
-    loaded = load_dataset(DATA_ID, split="train")
-    same_pixels = all(
-        np.array_equal(np.asarray(a["images"][0]), np.asarray(b["images"][0]))
-        for a, b in zip(loaded, pairs, strict=True)
+    push_folder(
+        output / "models" / "llava", INIT_ID, commit_message="Tiny LLaVA on the shapes CLIP, before SFT"
     )
-    print(f"  {DATA_ID}: {len(loaded)} rows, columns {loaded.column_names}, pixels identical: {same_pixels}")
-    processor = AutoProcessor.from_pretrained(ADAPTER_ID)
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(BASE_ID), ADAPTER_ID)
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}
-    ]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    for colour, shape in (("red", "circle"), ("blue", "square")):
-        inputs = processor(images=[draw_shape(colour, shape, (48, 48))], text=prompt, return_tensors="pt")
-        generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-        caption = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        print(f"  {colour} {shape} -> {caption!r}")
-    print(
-        "\nDone. The tiny model is random, so its captions are noise: this demo shows the pipeline, not quality.\n"
-        f"Published: {BASE_ID}, {DATA_ID}, {ADAPTER_ID} (card: {output / 'dpo_lora' / 'README.md'})."
+
+    step(5, f"Training the base policy with scripts/sft.py and publishing it as {POLICY_ID}")
+    run("scripts/sft.py", "--config", str(RECIPES / "policy_sft.yaml"),
+        "--model_name_or_path", INIT_ID, "--dataset_name", SFT_DATA_ID,
+        "--output_dir", f"{output}/policy", "--push_to_hub", "true", "--hub_model_id", POLICY_ID,
+        "--disable_tqdm", "true")  # fmt: skip
+
+    step(6, "Evaluating the published policy on the published held-out scenes (CHAIR, POPE)")
+    rows = {"base policy (SFT)": output / "eval" / "base_policy"}
+    run("scripts/evaluate.py", "--config", str(RECIPES / "eval.yaml"), "--model_name_or_path", POLICY_ID,
+        "--eval_dataset", EVAL_DATA_ID, "--output_dir", str(rows["base policy (SFT)"]))  # fmt: skip
+
+    step(7, f"Writing {output / 'report.md'} and {output / 'report.png'}")
+    write_report(
+        output, {name: json.loads((folder / "report.json").read_text()) for name, folder in rows.items()}
     )
+
+
+def write_report(output: Path, reports: dict[str, dict]) -> None:
+    from selfalign.comparison import comparison_chart, comparison_markdown
+
+    num_scenes = next(iter(reports.values()))["eval_set"]["num_scenes"]
+    table = comparison_markdown(reports)
+    (output / "report.md").write_text(
+        f"# Shapes world: hallucination on {num_scenes} held-out scenes\n\n{table}\n"
+        "CHAIR_i: share of the objects named in captions that are not in the image (a wrong colour "
+        "counts); CHAIR_s: share of captions with at least one. POPE F1 over yes/no probes about "
+        "present and absent objects (random, popular and adversarial). Per-model reports are in eval/.\n"
+        "\n![metrics](report.png)\n"
+    )
+    comparison_chart(reports, output / "report.png")
+    print("\n" + table)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Build the offline tiny model zoo: one folder per VLM family, plus a tiny CLIP.
 
     python scripts/make_tiny_models.py --output-dir outputs/tiny_models [--families llava qwen2_vl clip ...]
+    python scripts/make_tiny_models.py --families llava --preset shapes --vision-tower outputs/shapes/clip_model \
+        --output-dir outputs/shapes/models
 
 A folder that already holds a complete build of the same spec is reused, so re-running is cheap.
 """
@@ -37,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         default="tiny",
         help="model size: tiny (tests) or shapes (the shapes-world policy, trained from scratch)",
     )
+    parser.add_argument(
+        "--vision-tower",
+        type=Path,
+        default=None,
+        help="a tiny CLIP checkpoint (scripts/train_clip.py) whose vision encoder the llava families start from",
+    )
     args = parser.parse_args(argv)
     logging.disable_progress_bar()
 
@@ -46,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
         if name == CLIP:
             folder = build_tiny_clip(target, seed=args.seed)
         else:
-            folder = build_tiny_model(name, target, seed=args.seed, preset=args.preset)
+            folder = build_tiny_model(
+                name, target, seed=args.seed, preset=args.preset, vision_tower=args.vision_tower
+            )
         elapsed = time.perf_counter() - start
         print(f"{name:<11} {folder}  {folder_size(folder) / 1e6:.2f} MB  {elapsed:.1f} s")
 

@@ -1,4 +1,4 @@
-"""The shapes-world policy pipeline in small: build the tiny world, SFT a tiny qwen2_vl from its random
+"""The shapes-world policy pipeline in small: build the tiny world, SFT a tiny llava from its random
 init through scripts/sft.py, evaluate it and the untrained model through scripts/evaluate.py.
 
 What the reduced run can show honestly. An untrained model writes byte soup that names no object,
@@ -7,7 +7,8 @@ The trained model must therefore first *say something checkable*: name objects i
 and get some of them right (CHAIR_i below 1, recall above the untrained model's). A run where
 training did nothing fails every one of these. A few dozen
 seconds of training on 24 scenes do not make the policy look at the image (its captions are the
-training set's commonest); that is what the full recipe (recipes/shapes/policy_sft.yaml) is for.
+training set's commonest); that takes the full recipe (recipes/shapes/policy_sft.yaml: a trained
+CLIP tower, thousands of scenes), which tests/test_demo.py runs.
 """
 
 import importlib.util
@@ -53,13 +54,13 @@ def _evaluate(model, eval_set, output_dir) -> dict:
 def test_trained_policy_names_true_objects_where_the_untrained_one_says_nothing(
     tiny_world, tiny_model_dirs, tmp_path
 ):
-    untrained = _evaluate(tiny_model_dirs["qwen2_vl"], tiny_world["eval"], tmp_path / "untrained_eval")
+    untrained = _evaluate(tiny_model_dirs["llava"], tiny_world["eval"], tmp_path / "untrained_eval")
 
     policy_dir = tmp_path / "policy"
     sft = load_script("sft")
     sft.main(*parse_recipe(sft.RECIPE_DATACLASSES, [
         "--config", str(REPO / "recipes" / "tiny" / "policy_sft.yaml"),
-        "--model_name_or_path", str(tiny_model_dirs["qwen2_vl"]),
+        "--model_name_or_path", str(tiny_model_dirs["llava"]),
         "--dataset_name", str(tiny_world["sft"]), "--output_dir", str(policy_dir),
     ]))  # fmt: skip
     trained = _evaluate(policy_dir, tiny_world["eval"], tmp_path / "trained_eval")

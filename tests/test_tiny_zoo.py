@@ -338,3 +338,30 @@ def test_tiny_clip_scores_images_and_truncated_text(tiny_clip_dir):
         ).pooler_output
     assert image_features.shape == text_features.shape == (2, model.config.projection_dim)
     assert torch.isfinite(image_features @ text_features.T).all()
+
+
+def test_llava_starts_from_a_clip_vision_tower(tmp_path, tiny_clip_dir):
+    clip_dir = tmp_path / "clip"
+    clip = CLIPModel.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():  # a "trained" CLIP: weights no random build has
+        for parameter in clip.vision_model.parameters():
+            parameter.add_(0.5)
+    clip.save_pretrained(clip_dir)
+
+    folder = build_tiny_model("llava", tmp_path / "llava", vision_tower=clip_dir)
+    tower = AutoModelForImageTextToText.from_pretrained(folder).model.vision_tower.state_dict()
+    expected = clip.vision_model.state_dict()
+    assert tower.keys() == expected.keys()
+    assert all(torch.equal(tower[name], expected[name]) for name in expected)
+    assert json.loads((folder / BUILD_MARKER).read_text())["vision_tower_sha256"]
+
+    # Another CLIP is another build, not a reuse of this one.
+    rebuilt = build_tiny_model("llava", tmp_path / "llava", vision_tower=tiny_clip_dir)
+    tower = AutoModelForImageTextToText.from_pretrained(rebuilt).model.vision_tower.state_dict()
+    untouched = CLIPModel.from_pretrained(tiny_clip_dir).vision_model.state_dict()
+    assert all(torch.equal(tower[name], untouched[name]) for name in untouched)
+
+    with pytest.raises(ValueError, match="CLIP-based families"):
+        build_tiny_model("qwen2_vl", tmp_path / "qwen", vision_tower=clip_dir)
+    with pytest.raises(FileNotFoundError, match="no CLIP checkpoint"):
+        build_tiny_model("llava", tmp_path / "llava2", vision_tower=tmp_path / "missing")

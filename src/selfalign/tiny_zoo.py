@@ -761,25 +761,63 @@ def _build_into(output_dir: str | Path, spec: dict, write_files: Callable[[Path]
 
 
 def build_tiny_model(
-    family: str, output_dir: str | Path, seed: int = 0, preset: str = DEFAULT_PRESET
+    family: str,
+    output_dir: str | Path,
+    seed: int = 0,
+    preset: str = DEFAULT_PRESET,
+    vision_tower: str | Path | None = None,
 ) -> Path:
     """Build a tiny random checkpoint of ``family`` (model, processor, tokenizer) into ``output_dir``.
 
     ``preset`` picks the sizes (``PRESETS``): "tiny" for tests, "shapes" for the shapes-world policy.
+    ``vision_tower``, for the CLIP-based families (``llava``, ``llava_next``), is a tiny CLIP
+    checkpoint (``build_tiny_clip``, trained by ``scripts/train_clip.py``) whose vision encoder
+    replaces the random one, as LLaVA starts from a pretrained CLIP: a random tower trained jointly
+    with the language model from scratch is ignored by it (see recipes/shapes/policy_sft.yaml).
     The folder loads with ``AutoProcessor`` and ``AutoModelForImageTextToText``. Returns ``output_dir``.
     """
     if family not in _BUILDERS:
         raise ValueError(f"Unknown tiny model family {family!r}; valid families: {', '.join(FAMILIES)}")
     if preset not in PRESETS:
         raise ValueError(f"Unknown size preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    spec = _build_spec(family, seed, preset)
+    if vision_tower is not None:
+        if family not in CLIP_VISION_FAMILIES:
+            raise ValueError(
+                f"vision_tower applies to the CLIP-based families ({', '.join(CLIP_VISION_FAMILIES)}), "
+                f"not to {family!r}"
+            )
+        spec["vision_tower_sha256"] = _clip_weights_sha256(Path(vision_tower))
 
     def write_files(folder: Path) -> None:
         model, processor, generation_config = _BUILDERS[family](seed, PRESETS[preset])
+        if vision_tower is not None:
+            _load_clip_vision_tower(model, Path(vision_tower))
         model.generation_config = generation_config
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    return _build_into(output_dir, _build_spec(family, seed, preset), write_files)
+    return _build_into(output_dir, spec, write_files)
+
+
+CLIP_VISION_FAMILIES = ("llava", "llava_next")
+
+
+def _clip_weights_sha256(clip_dir: Path) -> str:
+    weights = clip_dir / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{clip_dir} holds no CLIP checkpoint (no model.safetensors)")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def _load_clip_vision_tower(model: PreTrainedModel, clip_dir: Path) -> None:
+    clip = CLIPModel.from_pretrained(clip_dir)
+    try:
+        model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    except RuntimeError as error:
+        raise ValueError(
+            f"the CLIP in {clip_dir} does not fit this model's vision tower (build it with build_tiny_clip): {error}"
+        ) from error
 
 
 def build_tiny_clip(output_dir: str | Path, seed: int = 0) -> Path:

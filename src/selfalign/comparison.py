@@ -1,0 +1,60 @@
+"""Compare evaluated models: their `scripts/evaluate.py` reports side by side, as a table and a bar chart.
+
+Kept apart from `selfalign.evaluation` on purpose: that module imports the `evaluate` library, which
+a script in `scripts/` cannot import (scripts/evaluate.py shadows it there), and `make demo`'s script
+renders the comparison in-process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Columns of the comparison of several evaluated models: (title, where the number is in a report,
+# format). Arrows say which way is better.
+COMPARISON_COLUMNS = (
+    ("CHAIR_i ↓", ("captions", "chair_i"), "{:.3f}"),
+    ("CHAIR_s ↓", ("captions", "chair_s"), "{:.3f}"),
+    ("POPE F1 ↑", ("pope", "all", "f1"), "{:.3f}"),
+    ("object recall ↑", ("captions", "recall"), "{:.3f}"),
+    ("mean caption words", ("captions", "mean_caption_words"), "{:.1f}"),
+)
+
+
+def _report_value(report: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        report = report[key]
+    return report
+
+
+def comparison_markdown(reports: dict[str, dict]) -> str:
+    """One row per evaluated model (name -> its report.json), the headline metrics as columns."""
+    titles = [title for title, _, _ in COMPARISON_COLUMNS]
+    lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
+    for name, report in reports.items():
+        cells = [form.format(_report_value(report, path)) for _, path, form in COMPARISON_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_chart(reports: dict[str, dict], path: Path) -> None:
+    """A bar chart of the same numbers: the four rates grouped per metric, caption length beside them."""
+    # Imported here: matplotlib takes a while to import and only this chart needs it.
+    from matplotlib import style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rates, (length_title, length_path, _) = COMPARISON_COLUMNS[:-1], COMPARISON_COLUMNS[-1]
+    with style.context("default"):
+        figure = Figure(figsize=(9, 3.6), layout="constrained")
+        rate_axes, length_axes = figure.subplots(1, 2, width_ratios=(4, 1))
+        width = 0.8 / len(reports)
+        for index, (name, report) in enumerate(reports.items()):
+            offsets = [column + (index - (len(reports) - 1) / 2) * width for column in range(len(rates))]
+            rate_axes.bar(offsets, [_report_value(report, p) for _, p, _ in rates], width, label=name)
+            length_axes.bar([index], [_report_value(report, length_path)], 0.8, color=f"C{index}")
+        rate_axes.set_xticks(range(len(rates)), [title for title, _, _ in rates])
+        rate_axes.set_ylim(0, 1)
+        rate_axes.legend(fontsize="small")
+        length_axes.set_xticks(range(len(reports)), list(reports), rotation=30, ha="right", fontsize="small")
+        length_axes.set_title(length_title, fontsize="medium")
+        FigureCanvasAgg(figure).print_png(str(path))
