@@ -8,6 +8,15 @@ from selfalign.samples.sampler import (
     SamplingParams,
     sample,
 )
+from selfalign.samples.sentence_tree import (
+    NodeFinishReason,
+    SentenceTree,
+    TreeNode,
+    TreeSearchParams,
+    TreeSearchStats,
+    search_trees,
+    search_trees_one_node_at_a_time,
+)
 from selfalign.samples.transformers_backend import TransformersBackend
 
 __all__ = [
@@ -15,7 +24,14 @@ __all__ = [
     "FinishReason",
     "GenerationBackend",
     "GenerationRequest",
+    "NodeFinishReason",
     "SamplingParams",
+    "SentenceTree",
     "TransformersBackend",
+    "TreeNode",
+    "TreeSearchParams",
+    "TreeSearchStats",
     "sample",
+    "search_trees",
+    "search_trees_one_node_at_a_time",
 ]

@@ -34,11 +34,12 @@ Ends. A stopping criterion records, per row, the step and reason it finished: EO
 generation config's EOS ids) or a stop string (transformers' `StopStringCriteria`, which needs the
 tokenizer and matches across token boundaries). Tokens after that step are padding and dropped.
 
-Prefix reuse (for CSR's sentence tree, not done here): after a forward pass over images + prompt
-with `use_cache=True`, `generate(input_ids=prompt + continuation, past_key_values=<copy of the
-cache>)` continues without `pixel_values` (Qwen2-VL also needs `image_grid_thw`; it keeps its
-M-RoPE offsets in `model.model.rope_deltas`, set by the last prefill). `_RowSampler` and
-`_FinishRecorder` work there unchanged: they only see logits and token ids.
+Prefix reuse (for CSR's sentence tree, done in `selfalign.samples.sentence_tree`): after a forward
+pass over images + prompt with `use_cache=True`, `generate(input_ids=prompt + continuation,
+past_key_values=<copy of the cache>)` continues without `pixel_values` (Qwen2-VL also needs
+`image_grid_thw`; it keeps its M-RoPE offsets in `model.model.rope_deltas`, set by the last prefill).
+The tree search shares `_row_generator` and `_next_tokens` with `_RowSampler`, and its reference
+implementation calls `_sample_rows`.
 """
 
 from __future__ import annotations
@@ -71,39 +72,71 @@ from selfalign.samples.sampler import Completion, FinishReason, GenerationReques
 logger = logging.getLogger(__name__)
 
 
-def _row_generator(seed: int, sample_index: int) -> torch.Generator:
-    """The random stream of sample `sample_index` of the request with `seed`."""
-    digest = hashlib.sha256(f"{seed}:{sample_index}".encode()).digest()
+def _row_generator(seed: int, *stream: int) -> torch.Generator:
+    """The random stream `stream` of the request with `seed`: a sample index, or a tree node's child indices."""
+    key = ":".join(str(part) for part in (seed, *stream))
+    digest = hashlib.sha256(key.encode()).digest()
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "big"))
+
+
+def _next_tokens(
+    scores: torch.FloatTensor,
+    generators: Sequence[torch.Generator],
+    temperature: float,
+    top_p: float,
+    never_sampled: Sequence[int] = (),
+) -> tuple[torch.LongTensor, torch.FloatTensor]:
+    """Each row's next token, drawn with the row's own generator, and its log-prob under the raw `scores`.
+
+    Temperature 0 takes the argmax and draws nothing. `never_sampled` tokens are never chosen; the
+    log-probs stay those of the unwarped distribution.
+    """
+    allowed = scores
+    if never_sampled:
+        banned = torch.tensor(never_sampled, dtype=torch.long, device=scores.device)
+        allowed = scores.index_fill(1, banned, -math.inf)
+    chosen = allowed.argmax(dim=-1) if temperature == 0 else _draw(allowed, generators, temperature, top_p)
+    return chosen, scores.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1)
+
+
+def _draw(
+    scores: torch.FloatTensor, generators: Sequence[torch.Generator], temperature: float, top_p: float
+) -> torch.LongTensor:
+    probs = (scores / temperature).softmax(dim=-1)
+    # Stable sort: equal probabilities keep token order, so the argmax comes first as in argmax().
+    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
+    # Nucleus: the most likely tokens until their mass reaches top_p (the first is always kept).
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    cumulative = (sorted_probs * (mass_before < top_p)).cumsum(dim=-1)
+    uniform = torch.stack([torch.rand((), generator=g) for g in generators]).to(scores.device)
+    targets = uniform[:, None] * cumulative[:, -1:]
+    positions = torch.searchsorted(cumulative, targets, right=True).clamp(max=scores.shape[-1] - 1)
+    return sorted_ids.gather(1, positions).squeeze(1)
 
 
 class _RowSampler(LogitsProcessor):
     """Chooses each row's next token from the row's own generator and forces `generate` to take it."""
 
-    def __init__(self, seeds: Sequence[int], params: SamplingParams):
-        # Row order of generate's expansion: all samples of request 0, then of request 1, ...
-        self.generators = [_row_generator(seed, j) for seed in seeds for j in range(params.n)]
-        self.temperature = params.temperature
-        self.top_p = params.top_p
+    def __init__(
+        self,
+        generators: Sequence[torch.Generator],
+        temperature: float,
+        top_p: float,
+        never_sampled: Sequence[int] = (),
+    ):
+        self.generators = generators  # one per row, in generate's row order
+        self.temperature = temperature
+        self.top_p = top_p
+        self.never_sampled = never_sampled
         self.chosen_logprobs: list[torch.Tensor] = []  # one (rows,) tensor per step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = scores.argmax(dim=-1) if self.temperature == 0 else self._draw(scores)
-        self.chosen_logprobs.append(scores.log_softmax(dim=-1).gather(1, chosen[:, None]).squeeze(1))
+        chosen, logprobs = _next_tokens(
+            scores, self.generators, self.temperature, self.top_p, self.never_sampled
+        )
+        self.chosen_logprobs.append(logprobs)
         forced = torch.full_like(scores, -math.inf)
         return forced.scatter_(1, chosen[:, None], 0.0)
-
-    def _draw(self, scores: torch.FloatTensor) -> torch.LongTensor:
-        probs = (scores / self.temperature).softmax(dim=-1)
-        # Stable sort: equal probabilities keep token order, so the argmax comes first as in argmax().
-        sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
-        # Nucleus: the most likely tokens until their mass reaches top_p (the first is always kept).
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        cumulative = (sorted_probs * (mass_before < self.top_p)).cumsum(dim=-1)
-        uniform = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(scores.device)
-        targets = uniform[:, None] * cumulative[:, -1:]
-        positions = torch.searchsorted(cumulative, targets, right=True).clamp(max=scores.shape[-1] - 1)
-        return sorted_ids.gather(1, positions).squeeze(1)
 
 
 class _FinishRecorder(StoppingCriteria):
@@ -113,7 +146,7 @@ class _FinishRecorder(StoppingCriteria):
     """
 
     def __init__(
-        self, prompt_length: int, eos_token_ids: torch.Tensor, stop_strings: StopStringCriteria | None
+        self, prompt_length: int, eos_token_ids: torch.Tensor, stop_strings: StoppingCriteria | None
     ):
         self.prompt_length = prompt_length
         self.eos_token_ids = eos_token_ids
@@ -229,18 +262,50 @@ class TransformersBackend:
     ) -> list[list[Completion]]:
         started = time.perf_counter()
         inputs = self._encode(requests)
-        prompt_length = inputs["input_ids"].shape[1]
         num_rows = len(requests) * params.n
-        sampler = _RowSampler([request.seed for request in requests], params)
+        # Row order of generate's expansion: all samples of request 0, then of request 1, ...
+        generators = [_row_generator(request.seed, j) for request in requests for j in range(params.n)]
         stop_strings = (
             StopStringCriteria(self.tokenizer, list(params.stop_strings)) if params.stop_strings else None
         )
-        recorder = _FinishRecorder(prompt_length, self.eos_token_ids, stop_strings)
+        generated, logprobs, finishes = self._sample_rows(
+            inputs,
+            _RowSampler(generators, params.temperature, params.top_p),
+            params.n,
+            params.max_new_tokens,
+            stop_strings,
+        )
+        rows = [
+            self._completion(generated[row, :length], logprobs[row, :length], reason, params)
+            for row, (length, reason) in enumerate(finishes)
+        ]
+        logger.debug(
+            "generated %d rows (%d requests x %d) from %d prompt tokens in %.2fs, longest %d tokens",
+            num_rows,
+            len(requests),
+            params.n,
+            inputs["input_ids"].shape[1],
+            time.perf_counter() - started,
+            generated.shape[1],
+        )
+        return [rows[start : start + params.n] for start in range(0, num_rows, params.n)]
+
+    def _sample_rows(
+        self,
+        inputs: BatchFeature,
+        sampler: _RowSampler,
+        num_return_sequences: int,
+        max_new_tokens: int,
+        stop: StoppingCriteria | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, FinishReason]]]:
+        """One `generate` call: per row the generated tokens, their log-probs and (length, finish reason)."""
+        prompt_length = inputs["input_ids"].shape[1]
+        recorder = _FinishRecorder(prompt_length, self.eos_token_ids, stop)
         config = GenerationConfig(
             do_sample=True,  # required for num_return_sequences > 1; the row sampler leaves one choice
             top_k=0,
-            num_return_sequences=params.n,
-            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=num_return_sequences,
+            max_new_tokens=max_new_tokens,
         )
         cuda_devices = [self.model.device] if self.model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
@@ -252,20 +317,7 @@ class TransformersBackend:
             )
         generated = sequences[:, prompt_length:].cpu()
         logprobs = torch.stack(sampler.chosen_logprobs, dim=1).double().cpu()
-        rows = [
-            self._completion(generated[row, :length], logprobs[row, :length], reason, params)
-            for row, (length, reason) in enumerate(recorder.finishes(max_length=generated.shape[1]))
-        ]
-        logger.debug(
-            "generated %d rows (%d requests x %d) from %d prompt tokens in %.2fs, longest %d tokens",
-            num_rows,
-            len(requests),
-            params.n,
-            prompt_length,
-            time.perf_counter() - started,
-            generated.shape[1],
-        )
-        return [rows[start : start + params.n] for start in range(0, num_rows, params.n)]
+        return generated, logprobs, recorder.finishes(max_length=generated.shape[1])
 
     def _completion(
         self, token_ids: torch.Tensor, logprobs: torch.Tensor, reason: FinishReason, params: SamplingParams

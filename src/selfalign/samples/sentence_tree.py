@@ -1,0 +1,659 @@
+"""CSR's sentence-level tree search: batched on reused KV caches, and a one-node-at-a-time reference.
+
+The search. A tree per request (images + a 'describe the image' prompt) starts from the empty
+response (the root, depth 0, score 0). Each depth expands every live node into `children` children,
+each one more sentence: generation of a child stops at the end of a sentence, at EOS, or after
+`max_sentence_tokens`. A child's score is its parent's plus the mean log-prob per token of its new
+sentence (EOS included, under the model's own unwarped distribution: `Completion.logprob` semantics).
+A node ends, and is not expanded, at EOS ("eos"), when its response reaches `max_total_tokens`
+("length"), or at `max_depth` ("max_depth"); a sentence cut by `max_sentence_tokens` alone leaves
+its node live. Ended nodes are complete responses and always kept. Among the new nodes of a prompt
+that did not end (across all parents, not per parent), the `keep_top` best and the `keep_bottom`
+worst by score are kept (the worst on purpose, as negatives); the others are pruned: they stay in
+the tree with `kept=False` and are not expanded. This is the released code's rule: only unfinished
+children compete for the places, so every ended node is a candidate response. A prompt's search
+ends when none of its kept nodes is live.
+
+Ties. New nodes that did not end are ranked by score, best first, ties broken by creation order (node id; children
+are created parent by parent in node-id order, and child by child). Nodes with the same response
+(same tokens from the root) get exactly the same score, the first one computed, so that which of
+them is kept never depends on float noise between batch rows.
+
+Sentence ends. A sentence ends at the first token after which its decoded text, trailing whitespace
+removed, ends with one of `sentence_ends`. So "3.5" is cut after "3." (and "e.g." after "e."); we
+ignore that for now: descriptions of images rarely hold such numbers, and telling a decimal point
+from a full stop needs the next token, which the rule would then have to wait for.
+
+Children: sampling, not diverse beam search. The released code draws a node's 5 children by diverse
+beam search (`num_beams = num_beam_groups = 5`, a diversity penalty). transformers 5.23 removed group
+beam search from its core: `generate(num_beam_groups > 1)` now loads the
+`transformers-community/group-beam-search` repository from the Hub with `trust_remote_code=True`,
+which is offline here and would run remote code. So children are sampled (temperature, top-p; the
+default), or with temperature 0 decoded greedily, which makes every child of a node the same
+sentence (use children=1 then; the tree is greedy decoding cut into sentences).
+
+Determinism. Child j of the node reached from the root by child indices (i1, ..., id) draws from its
+own CPU generator, `_row_generator(seed, i1, ..., id, j)`, one uniform number per token, exactly as
+`TransformersBackend` draws a sample (`_next_tokens`). A tree therefore depends only on the model,
+the request and the params: not on which prompts share a batch, the batch size, or which of the two
+implementations built it, up to float noise in the logits as for the sampler: noise can flip a
+token, or which of two nodes whose scores differ by less than it is kept. Tokens that the
+model replaces by image or video features are never sampled: fed back as text they would ask for an
+image that is not there.
+
+Cache reuse in `search_trees`. A batch of `backend.batch_size` prompts is encoded once: one forward
+pass over the left-padded images + prompts, all but each prompt's last token, fills a KV cache (the
+vision encoder runs once for the batch), and each prompt's real columns are kept. Every node keeps
+the KV of its own segment: its parent's last token (the prompt's last token for a child of the
+root) followed by its own tokens but the last. The KV of a node's whole context is thus the prompt's
+plus the segments along its path, and only its last token is still to be forwarded. Each depth then
+does, for all live nodes of all prompts at once:
+
+1. assemble a cache row per live node from those pieces, left-padded to the longest (attention mask
+   0 on the padding), and forward each node's pending last token: one token per node. Positions
+   are passed explicitly and are logical, not column indices: a response's k-th token sits k after
+   the prompt's last token, whose position comes from the prompt's (attention-mask count for llava;
+   for Qwen, M-RoPE's from the model's own `get_rope_index`, text tokens after the image continuing
+   from its compressed extent with three equal components). Padding never shifts them, and the
+   reused keys, rotated at their own positions, stay valid wherever they sit in a row;
+2. repeat each row `children` times and decode the children token by token, one model call per step
+   for all rows. A row that ends its sentence is dropped from the batch before the next step (its
+   segment copied out first), so no step forwards a finished row;
+3. score and prune; segments of pruned and ended nodes are dropped at the next depth.
+
+Like `generate(num_return_sequences=n)`, every row holds its own copy of its context's KV during a
+step: memory grows with live nodes x children x context length; `batch_size` bounds it.
+
+Only the prompt padding of the first forward pass is processed beyond the minimum (each distinct
+prompt token once, each generated token at most once: a sentence's last token is forwarded only if
+its node is expanded). `TreeSearchStats` counts it. `search_trees_one_node_at_a_time` is the
+original's way, kept as the reference: for each prompt and live node, one `generate` over images +
+prompt + the node's response, re-encoding the image and the whole prefix for every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import BatchFeature, DynamicCache, StoppingCriteria
+
+from selfalign.errors import SelfAlignError
+from selfalign.samples.sampler import GenerationRequest
+from selfalign.samples.transformers_backend import (
+    TransformersBackend,
+    _next_tokens,
+    _row_generator,
+    _RowSampler,
+)
+
+logger = logging.getLogger(__name__)
+
+NodeFinishReason = Literal["eos", "length", "max_depth"]
+
+# Inputs with one value per prompt token, cut with the prompt (the rest: pixels, grids, image sizes).
+_PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+@dataclass(frozen=True)
+class TreeSearchParams:
+    children: int = 5  # children per expanded node
+    keep_top: int = 1  # new nodes kept per prompt and depth, best scores
+    keep_bottom: int = 2  # ... and worst scores
+    max_depth: int = 16  # sentences per response
+    max_sentence_tokens: int = 64
+    max_total_tokens: int = 512  # tokens per response, all sentences
+    temperature: float = 1.0  # 0 means greedy: every child of a node is then the same sentence
+    top_p: float = 1.0
+    sentence_ends: tuple[str, ...] = (".", "!", "?")
+
+    def __post_init__(self) -> None:
+        if self.children < 1:
+            raise SelfAlignError(f"each node needs at least 1 child, got children={self.children}")
+        if self.keep_top < 0 or self.keep_bottom < 0:
+            raise SelfAlignError(
+                f"keep_top and keep_bottom must not be negative, got {self.keep_top} and {self.keep_bottom}"
+            )
+        if self.keep_top + self.keep_bottom < 1:
+            raise SelfAlignError("keep_top + keep_bottom must be at least 1, or no node survives a depth")
+        if self.max_depth < 1:
+            raise SelfAlignError(f"max_depth must be at least 1, got {self.max_depth}")
+        if self.max_sentence_tokens < 1:
+            raise SelfAlignError(f"max_sentence_tokens must be at least 1, got {self.max_sentence_tokens}")
+        if self.max_total_tokens < 1:
+            raise SelfAlignError(f"max_total_tokens must be at least 1, got {self.max_total_tokens}")
+        if self.temperature < 0:
+            raise SelfAlignError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SelfAlignError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.sentence_ends or any(not end for end in self.sentence_ends):
+            raise SelfAlignError(
+                f"sentence_ends must hold at least one non-empty string, got {self.sentence_ends!r}"
+            )
+
+
+@dataclass(frozen=True)
+class TreeNode:
+    node_id: int  # index in SentenceTree.nodes, in creation order
+    parent_id: int | None  # None for the root
+    depth: int  # sentences from the root
+    branch: tuple[int, ...]  # child indices from the root: the node's identity, which seeds its children
+    sentence: str  # the text this node adds to its parent's response (leading space included)
+    token_ids: tuple[int, ...]  # the sentence's tokens, EOS included if it ended the response
+    sentence_logprob: float  # sum of the tokens' log-probs under the model's unwarped distribution
+    num_tokens: int
+    score: float  # parent's score + sentence_logprob / num_tokens; 0 for the root
+    finish_reason: NodeFinishReason | None  # None while the response goes on (inner or pruned node)
+    kept: bool  # survived the pruning of its depth (the root always does)
+
+
+@dataclass(frozen=True)
+class SentenceTree:
+    seed: int  # the request's
+    nodes: tuple[TreeNode, ...]  # in creation order, the root first
+
+    def path(self, node_id: int) -> tuple[TreeNode, ...]:
+        """The nodes from the root to `node_id`."""
+        path = [self.nodes[node_id]]
+        while path[-1].parent_id is not None:
+            path.append(self.nodes[path[-1].parent_id])
+        return tuple(reversed(path))
+
+    def text(self, node_id: int) -> str:
+        """The response from the root to `node_id`: its sentences joined, i.e. its tokens decoded at once
+        (unless the bytes of one character straddle two sentences, which only garbage text does)."""
+        return "".join(node.sentence for node in self.path(node_id))
+
+    def leaves(self) -> tuple[TreeNode, ...]:
+        """The kept nodes that ended: the complete responses the search produced."""
+        return tuple(node for node in self.nodes if node.kept and node.finish_reason is not None)
+
+
+@dataclass
+class TreeSearchStats:
+    """What a search made the model do; accumulates over the calls it is passed to."""
+
+    vision_encoder_calls: int = 0  # model calls that encoded images
+    images_encoded: int = 0
+    prompt_tokens: int = 0  # distinct prompt tokens (image placeholders included), once per prompt
+    prompt_tokens_forwarded: int = 0  # prompt positions the model processed, padding and repeats included
+    generated_tokens: int = 0  # tokens of all the sentences of all nodes
+    generated_tokens_forwarded: int = 0  # generated positions the model processed, repeats included
+
+    @property
+    def forward_token_ratio(self) -> float:
+        """Positions processed over the minimum: each distinct prompt token and each generated token once."""
+        minimum = self.prompt_tokens + self.generated_tokens
+        if not minimum:
+            return math.nan  # nothing was searched
+        return (self.prompt_tokens_forwarded + self.generated_tokens_forwarded) / minimum
+
+
+@torch.inference_mode()
+def search_trees(
+    backend: TransformersBackend,
+    requests: Sequence[GenerationRequest],
+    params: TreeSearchParams,
+    stats: TreeSearchStats | None = None,
+) -> list[SentenceTree]:
+    """One tree per request, in request order, batches of `backend.batch_size` prompts sharing each step."""
+    stats = TreeSearchStats() if stats is None else stats
+    requests = list(requests)
+    trees = []
+    for start in range(0, len(requests), backend.batch_size):
+        batch = requests[start : start + backend.batch_size]
+        expander = _SharedCacheExpander(backend, batch, params, stats)
+        trees += _grow_trees(backend, batch, params, expander.expand, stats)
+    return trees
+
+
+@torch.inference_mode()
+def search_trees_one_node_at_a_time(
+    backend: TransformersBackend,
+    requests: Sequence[GenerationRequest],
+    params: TreeSearchParams,
+    stats: TreeSearchStats | None = None,
+) -> list[SentenceTree]:
+    """The same trees as `search_trees`, the original's way: one `generate` per prompt and live node."""
+    stats = TreeSearchStats() if stats is None else stats
+    trees = []
+    for request in requests:
+        expander = _OneNodeExpander(backend, request, params, stats)
+        trees += _grow_trees(backend, [request], params, expander.expand, stats)
+    return trees
+
+
+@dataclass(frozen=True)
+class _Parent:
+    """A live node to expand, as the expanders see it."""
+
+    prompt_index: int  # in the expander's requests
+    node_id: int
+    branch: tuple[int, ...]
+    response_ids: tuple[int, ...]  # the tokens from the root to this node
+
+
+@dataclass(frozen=True)
+class _Sentence:
+    token_ids: tuple[int, ...]
+    logprob: float
+
+
+def _sentence_budget(parent: _Parent, params: TreeSearchParams) -> int:
+    return min(params.max_sentence_tokens, params.max_total_tokens - len(parent.response_ids))
+
+
+def _never_sampled(backend: TransformersBackend) -> tuple[int, ...]:
+    """The tokens the model replaces by image or video features."""
+    config = backend.model.config
+    ids = (getattr(config, name, None) for name in ("image_token_id", "video_token_id"))
+    return tuple(token_id for token_id in ids if isinstance(token_id, int))
+
+
+class _SentenceEnd:
+    """Whether a sentence's tokens so far end it (see the module docstring)."""
+
+    def __init__(self, tokenizer, sentence_ends: tuple[str, ...]):
+        self.tokenizer = tokenizer
+        self.sentence_ends = sentence_ends
+
+    def __call__(self, token_ids: Sequence[int]) -> bool:
+        return (
+            self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip().endswith(self.sentence_ends)
+        )
+
+
+class _SentenceEndCriteria(StoppingCriteria):
+    """`_SentenceEnd` for `generate`: per row, on the tokens after `prompt_length`."""
+
+    def __init__(self, sentence_end: _SentenceEnd, prompt_length: int):
+        self.sentence_end = sentence_end
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        ends = [self.sentence_end(row[self.prompt_length :].tolist()) for row in input_ids]
+        return torch.tensor(ends, dtype=torch.bool, device=input_ids.device)
+
+
+class _TreeBuilder:
+    """One prompt's tree as it grows: creates a depth's children, scores them and prunes them."""
+
+    def __init__(self, seed: int, params: TreeSearchParams, backend: TransformersBackend):
+        self.seed = seed
+        self.params = params
+        self.tokenizer = backend.tokenizer
+        self.eos_token_ids = set(backend.eos_token_ids.tolist())
+        root = TreeNode(0, None, 0, (), "", (), 0.0, 0, 0.0, None, True)
+        self.nodes = [root]
+        self.response_ids: list[tuple[int, ...]] = [()]  # per node
+        self.response_texts = [""]  # per node: its response decoded at once
+        self.live = [0]  # kept nodes of the last depth that did not end
+
+    def parents(self, prompt_index: int) -> list[_Parent]:
+        return [
+            _Parent(prompt_index, node_id, self.nodes[node_id].branch, self.response_ids[node_id])
+            for node_id in self.live
+        ]
+
+    def grow(self, expanded: Sequence[tuple[_Parent, Sequence[_Sentence]]]) -> None:
+        first_id = len(self.nodes)
+        drafts = []
+        score_of_response: dict[tuple[int, ...], float] = {}
+        for parent, sentences in expanded:
+            parent_node = self.nodes[parent.node_id]
+            for child_index, sentence in enumerate(sentences):
+                response_ids = parent.response_ids + sentence.token_ids
+                mean_logprob = sentence.logprob / len(sentence.token_ids)
+                score = score_of_response.setdefault(response_ids, parent_node.score + mean_logprob)
+                depth = parent_node.depth + 1
+                finish_reason = self._finish_reason(sentence.token_ids, len(response_ids), depth)
+                drafts.append((parent_node, child_index, sentence, response_ids, score, finish_reason))
+        ended = {index for index, draft in enumerate(drafts) if draft[5] is not None}
+        ranked = sorted(set(range(len(drafts))) - ended, key=lambda index: (-drafts[index][4], index))
+        kept = ended | set(ranked[: self.params.keep_top])
+        kept |= set(ranked[max(0, len(ranked) - self.params.keep_bottom) :])
+        self.live = []
+        for index, (parent_node, child_index, sentence, response_ids, score, finish_reason) in enumerate(
+            drafts
+        ):
+            node_id = first_id + index
+            depth = parent_node.depth + 1
+            text = self.tokenizer.decode(response_ids, skip_special_tokens=True)
+            node = TreeNode(
+                node_id=node_id,
+                parent_id=parent_node.node_id,
+                depth=depth,
+                branch=parent_node.branch + (child_index,),
+                sentence=self._sentence_text(text, self.response_texts[parent_node.node_id], sentence),
+                token_ids=sentence.token_ids,
+                sentence_logprob=sentence.logprob,
+                num_tokens=len(sentence.token_ids),
+                score=score,
+                finish_reason=finish_reason,
+                kept=index in kept,
+            )
+            self.nodes.append(node)
+            self.response_ids.append(response_ids)
+            self.response_texts.append(text)
+            if node.kept and node.finish_reason is None:
+                self.live.append(node_id)
+
+    def _sentence_text(self, text: str, parent_text: str, sentence: _Sentence) -> str:
+        # Decoding the whole response keeps the space before a sentence (SentencePiece drops it at the
+        # start); a character whose bytes two sentences split has no such prefix, then decode alone.
+        if text.startswith(parent_text):
+            return text[len(parent_text) :]
+        return self.tokenizer.decode(sentence.token_ids, skip_special_tokens=True)
+
+    def _finish_reason(
+        self, token_ids: tuple[int, ...], response_length: int, depth: int
+    ) -> NodeFinishReason | None:
+        if token_ids[-1] in self.eos_token_ids:
+            return "eos"
+        if response_length >= self.params.max_total_tokens:
+            return "length"
+        if depth >= self.params.max_depth:
+            return "max_depth"
+        return None
+
+    def tree(self) -> SentenceTree:
+        return SentenceTree(seed=self.seed, nodes=tuple(self.nodes))
+
+
+def _grow_trees(
+    backend: TransformersBackend,
+    requests: Sequence[GenerationRequest],
+    params: TreeSearchParams,
+    expand: Callable[[list[_Parent]], list[list[_Sentence]]],
+    stats: TreeSearchStats,
+) -> list[SentenceTree]:
+    """The search loop both implementations share; `expand` gives every parent its children's sentences."""
+    builders = [_TreeBuilder(request.seed, params, backend) for request in requests]
+    depth = 0
+    while parents := [parent for index, builder in enumerate(builders) for parent in builder.parents(index)]:
+        depth += 1
+        children = expand(parents)
+        stats.generated_tokens += sum(len(sentence.token_ids) for row in children for sentence in row)
+        for index, builder in enumerate(builders):
+            builder.grow(
+                [(p, row) for p, row in zip(parents, children, strict=True) if p.prompt_index == index]
+            )
+        logger.debug("depth %d: expanded %d nodes of %d prompts", depth, len(parents), len(requests))
+    return [builder.tree() for builder in builders]
+
+
+_LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (heads, tokens, head_dim)
+
+
+class _SharedCacheExpander:
+    """Expands the live nodes of a batch of prompts on KV caches built from reused pieces (module docstring)."""
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        requests: Sequence[GenerationRequest],
+        params: TreeSearchParams,
+        stats: TreeSearchStats,
+    ):
+        self.model = backend.model
+        self.params = params
+        self.stats = stats
+        self.seeds = [request.seed for request in requests]
+        self.eos_token_ids = set(backend.eos_token_ids.tolist())
+        self.sentence_end = _SentenceEnd(backend.tokenizer, params.sentence_ends)
+        self.never_sampled = _never_sampled(backend)
+        self.prompt_kv: list[_LayerKV] = []  # per prompt: all its tokens but the last
+        self.prompt_last_token: list[int] = []
+        self.prompt_last_position: list[int] = []
+        self.segments: dict[tuple[int, tuple[int, ...]], _LayerKV] = {}  # (prompt index, branch) -> KV
+        self._encode_prompts(backend._encode(requests), requests)
+
+    def _encode_prompts(self, inputs: BatchFeature, requests: Sequence[GenerationRequest]) -> None:
+        cache = DynamicCache(config=self.model.config)
+        if any(cache.is_sliding):
+            # Sliding windows count cache columns, and reused pieces move between columns.
+            raise SelfAlignError("the batched tree search needs a model without sliding-window attention")
+        # The last token of each prompt (a text token: left padding puts it in the last column) is the
+        # root's pending token, forwarded with the first depth.
+        prefix = {name: inputs[name][:, :-1] for name in _PER_TOKEN_INPUTS if name in inputs}
+        positions = self._prompt_positions({**inputs, **prefix})
+        self.model(
+            **{**inputs, **prefix},
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        real = prefix["attention_mask"].bool()
+        for row in range(len(requests)):
+            self.prompt_kv.append(
+                [(layer.keys[row][:, real[row]], layer.values[row][:, real[row]]) for layer in cache.layers]
+            )
+            self.prompt_last_token.append(int(inputs["input_ids"][row, -1]))
+            self.prompt_last_position.append(int(positions[..., row, -1].max()) + 1)
+        self.stats.vision_encoder_calls += 1
+        self.stats.images_encoded += sum(len(request.images) for request in requests)
+        self.stats.prompt_tokens += int(inputs["attention_mask"].sum())
+        self.stats.prompt_tokens_forwarded += prefix["input_ids"].numel()
+
+    def _prompt_positions(self, inputs: dict) -> torch.Tensor:
+        """Positions of the left-padded prompt tokens: (prompts, tokens), or (3, prompts, tokens) for M-RoPE."""
+        attention_mask = inputs["attention_mask"]
+        if hasattr(self.model.model, "get_rope_index"):  # Qwen2-VL family: image tokens get 3-D positions
+            positions, _ = self.model.model.get_rope_index(
+                inputs["input_ids"],
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs.get("image_grid_thw"),
+                attention_mask=attention_mask,
+            )
+            return positions
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def expand(self, parents: list[_Parent]) -> list[list[_Sentence]]:
+        on_paths = {
+            (p.prompt_index, p.branch[:depth]) for p in parents for depth in range(1, len(p.branch) + 1)
+        }
+        self.segments = {key: kv for key, kv in self.segments.items() if key in on_paths}
+        cache, attention_mask = self._assemble(parents)
+        segment_start = attention_mask.shape[1]  # the pending tokens' column
+        pending = [
+            p.response_ids[-1] if p.response_ids else self.prompt_last_token[p.prompt_index] for p in parents
+        ]
+        positions = torch.tensor(
+            [self.prompt_last_position[p.prompt_index] + len(p.response_ids) for p in parents],
+            device=self.model.device,
+        )
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(parents), 1)], dim=1)
+        logits = self._forward(
+            torch.tensor(pending, device=self.model.device), attention_mask, positions, cache
+        )
+        roots = sum(1 for p in parents if not p.response_ids)
+        self.stats.prompt_tokens_forwarded += roots
+        self.stats.generated_tokens_forwarded += len(parents) - roots
+
+        children = self.params.children
+        cache.batch_repeat_interleave(children)
+        sentences = self._decode(
+            [(parent, j) for parent in parents for j in range(children)],
+            cache,
+            attention_mask.repeat_interleave(children, dim=0),
+            positions.repeat_interleave(children, dim=0),
+            logits.repeat_interleave(children, dim=0),
+            segment_start,
+        )
+        return [sentences[start : start + children] for start in range(0, len(sentences), children)]
+
+    def _decode(
+        self,
+        rows: list[tuple[_Parent, int]],
+        cache: DynamicCache,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        logits: torch.Tensor,
+        segment_start: int,
+    ) -> list[_Sentence]:
+        """Each row's sentence (row: a parent and a child index), all rows stepping together.
+
+        A row whose sentence ended leaves the batch, its segment (the cache from `segment_start` on)
+        stored; `positions` are those of the tokens last forwarded.
+        """
+        generators = [
+            _row_generator(self.seeds[parent.prompt_index], *parent.branch, j) for parent, j in rows
+        ]
+        budgets = [_sentence_budget(parent, self.params) for parent, _ in rows]
+        tokens: list[list[int]] = [[] for _ in rows]
+        logprobs: list[list[float]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # the rows still in the batch, in batch order
+        while True:
+            chosen, chosen_logprobs = _next_tokens(
+                logits,
+                [generators[row] for row in active],
+                self.params.temperature,
+                self.params.top_p,
+                self.never_sampled,
+            )
+            for row, token, logprob in zip(active, chosen.tolist(), chosen_logprobs.tolist(), strict=True):
+                tokens[row].append(token)
+                logprobs[row].append(logprob)
+            going_on = []
+            for batch_row, row in enumerate(active):
+                if self._sentence_ended(tokens[row], budgets[row]):
+                    parent, j = rows[row]
+                    self.segments[(parent.prompt_index, parent.branch + (j,))] = [
+                        (
+                            layer.keys[batch_row, :, segment_start:].clone(),
+                            layer.values[batch_row, :, segment_start:].clone(),
+                        )
+                        for layer in cache.layers
+                    ]
+                else:
+                    going_on.append(batch_row)
+            if not going_on:
+                break
+            if len(going_on) < len(active):
+                selected = torch.tensor(going_on, device=self.model.device)
+                cache.batch_select_indices(selected)
+                attention_mask, positions, chosen = (
+                    attention_mask[selected],
+                    positions[selected],
+                    chosen[selected],
+                )
+                active = [active[batch_row] for batch_row in going_on]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+            positions = positions + 1
+            logits = self._forward(chosen, attention_mask, positions, cache)
+            self.stats.generated_tokens_forwarded += len(active)
+        return [
+            _Sentence(tuple(row_tokens), sum(row_logprobs))
+            for row_tokens, row_logprobs in zip(tokens, logprobs, strict=True)
+        ]
+
+    def _sentence_ended(self, tokens: list[int], budget: int) -> bool:
+        return tokens[-1] in self.eos_token_ids or len(tokens) == budget or self.sentence_end(tokens)
+
+    def _assemble(self, parents: list[_Parent]) -> tuple[DynamicCache, torch.Tensor]:
+        """A cache row per parent (its prompt's KV, then its path's segments), left-padded; and its mask."""
+        pieces = [
+            [self.prompt_kv[p.prompt_index]]
+            + [self.segments[(p.prompt_index, p.branch[:depth])] for depth in range(1, len(p.branch) + 1)]
+            for p in parents
+        ]
+        lengths = [sum(piece[0][0].shape[1] for piece in row) for row in pieces]
+        width = max(lengths)
+        layers = []
+        for layer in range(len(pieces[0][0])):
+            keys, values = [], []
+            for row, length in zip(pieces, lengths, strict=True):
+                first_keys = row[0][layer][0]
+                padding = first_keys.new_zeros(first_keys.shape[0], width - length, first_keys.shape[2])
+                keys.append(torch.cat([padding] + [piece[layer][0] for piece in row], dim=1))
+                values.append(torch.cat([padding] + [piece[layer][1] for piece in row], dim=1))
+            layers.append((torch.stack(keys), torch.stack(values)))
+        attention_mask = torch.zeros(len(parents), width, dtype=torch.long, device=self.model.device)
+        for row, length in enumerate(lengths):
+            attention_mask[row, width - length :] = 1
+        return DynamicCache(ddp_cache_data=layers), attention_mask
+
+    def _forward(
+        self,
+        token_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> torch.Tensor:
+        """The next-token logits (float32, as `generate` gives them) after one more token per row."""
+        output = self.model(
+            input_ids=token_ids[:, None],
+            attention_mask=attention_mask,
+            position_ids=positions[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1].float()
+
+
+class _OneNodeExpander:
+    """The reference: expands each node of one prompt by its own `generate` over the whole prefix."""
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        request: GenerationRequest,
+        params: TreeSearchParams,
+        stats: TreeSearchStats,
+    ):
+        self.backend = backend
+        self.request = request
+        self.params = params
+        self.stats = stats
+        self.sentence_end = _SentenceEnd(backend.tokenizer, params.sentence_ends)
+        self.never_sampled = _never_sampled(backend)
+
+    def expand(self, parents: list[_Parent]) -> list[list[_Sentence]]:
+        return [self._expand(parent) for parent in parents]
+
+    def _expand(self, parent: _Parent) -> list[_Sentence]:
+        inputs = self.backend._encode([self.request])
+        prompt_length = inputs["input_ids"].shape[1]
+        if not parent.response_ids:
+            self.stats.prompt_tokens += prompt_length
+        inputs = _with_response(inputs, parent.response_ids)
+        children = self.params.children
+        generators = [_row_generator(self.request.seed, *parent.branch, j) for j in range(children)]
+        sampler = _RowSampler(generators, self.params.temperature, self.params.top_p, self.never_sampled)
+        stop = _SentenceEndCriteria(self.sentence_end, inputs["input_ids"].shape[1])
+        generated, logprobs, finishes = self.backend._sample_rows(
+            inputs, sampler, children, _sentence_budget(parent, self.params), stop
+        )
+        self.stats.vision_encoder_calls += 1
+        self.stats.images_encoded += len(self.request.images)
+        # generate repeats the prefix for every child, then forwards every row at every step but the last.
+        self.stats.prompt_tokens_forwarded += children * prompt_length
+        self.stats.generated_tokens_forwarded += children * (
+            len(parent.response_ids) + generated.shape[1] - 1
+        )
+        return [
+            _Sentence(tuple(generated[row, :length].tolist()), float(logprobs[row, :length].sum()))
+            for row, (length, _) in enumerate(finishes)
+        ]
+
+
+def _with_response(inputs: BatchFeature, response_ids: tuple[int, ...]) -> BatchFeature:
+    """One prompt's model inputs followed by the response so far, as text tokens."""
+    if not response_ids:
+        return inputs
+    response = torch.tensor(
+        [response_ids], dtype=inputs["input_ids"].dtype, device=inputs["input_ids"].device
+    )
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], response], dim=1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(response)], dim=1)
+    if "mm_token_type_ids" in inputs:  # Qwen: 0 marks text tokens
+        inputs["mm_token_type_ids"] = torch.cat(
+            [inputs["mm_token_type_ids"], torch.zeros_like(response)], dim=1
+        )
+    return inputs
