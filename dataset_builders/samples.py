@@ -16,6 +16,7 @@ from selfalign.build.policy import PolicySamplingArguments
 from selfalign.build.runner import (
     BuildArguments,
     ShardOutput,
+    model_reference,
     process_rank,
     publish_build,
     recipe_values,
@@ -87,7 +88,7 @@ def main(
                     "prompt": user_turn(text),
                     "completions": [completion.text for completion in completions],
                     "completion_logprobs": [completion.logprob for completion in completions],
-                    "policy_model": policy_args.policy_model,
+                    "policy_model": model_reference(policy_args.policy_model),
                     "num_candidates": len(completions),
                 }
             )

@@ -5,6 +5,7 @@ environment is set here, at conftest import, before any test module imports them
 """
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -81,3 +82,23 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """24 distinct shape images (3 sizes, 2 of them not square) in nested folders, one exact duplicate
+    and three bad files: what the image builders are run on."""
+    from selfalign.tiny_data import COLOURS, SHAPES, draw_shape
+
+    folder = tmp_path_factory.mktemp("images")
+    for colour in COLOURS:
+        for shape in SHAPES:
+            for size in [(48, 48), (64, 40), (40, 64)]:
+                subfolder = folder / colour
+                subfolder.mkdir(exist_ok=True)
+                draw_shape(colour, shape, size).save(subfolder / f"{shape}-{size[0]}x{size[1]}.png")
+    shutil.copy(folder / "red" / "circle-48x48.png", folder / "red" / "copy-of-circle.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    (folder / "truncated.png").write_bytes((folder / "blue" / "square-48x48.png").read_bytes()[:100])
+    return folder

@@ -30,6 +30,19 @@ def run_script(name: str, *args: str, cwd: Path | None = None, env: dict | None 
     )
 
 
+def run_builder(name: str, *args: str, launcher: tuple[str, ...] = ()):
+    """Run `dataset_builders/<name>.py` the way a user does (optionally under a launcher such as
+    torchrun); fail the test with its stderr if it fails; return the CompletedProcess."""
+    import subprocess
+
+    command = [*launcher, str(REPO / "dataset_builders" / f"{name}.py"), *args]
+    if not launcher:
+        command.insert(0, sys.executable)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def describe_inputs(processor, image):
     """Model inputs asking a VLM to describe `image`, as the card's usage snippet builds them."""
     messages = [

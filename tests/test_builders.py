@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,42 +10,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pytest
 from datasets import load_dataset
-from helpers import REPO
+from helpers import REPO, run_builder
 from huggingface_hub import HfApi
-
-from selfalign.tiny_data import COLOURS, SHAPES, draw_shape
-
-SIZES = [(48, 48), (64, 40), (40, 64)]
-
-
-@pytest.fixture(scope="session")
-def image_folder(tmp_path_factory) -> Path:
-    """24 distinct shape images in nested folders, one exact duplicate and three bad files."""
-    folder = tmp_path_factory.mktemp("images")
-    index = 0
-    for colour in COLOURS:
-        for shape in SHAPES:
-            for size in SIZES:
-                subfolder = folder / colour
-                subfolder.mkdir(exist_ok=True)
-                draw_shape(colour, shape, size).save(subfolder / f"{shape}-{size[0]}x{size[1]}.png")
-                index += 1
-    shutil.copy(folder / "red" / "circle-48x48.png", folder / "red" / "copy-of-circle.png")
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "notes.jpg").write_text("not an image")
-    (folder / "truncated.png").write_bytes((folder / "blue" / "square-48x48.png").read_bytes()[:100])
-    return folder
-
-
-def run_builder(name: str, *args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [*launcher, str(REPO / "dataset_builders" / f"{name}.py"), *args]
-    if not launcher:
-        command.insert(0, sys.executable)
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def samples_args(image_folder: Path, policy: Path, output_dir: Path) -> list[str]:

@@ -256,7 +256,13 @@ def test_card_without_scores_local_paths_and_secrets(tmp_path):
     local_model = tmp_path / "my_policy"
     local_model.mkdir()
     info = card_info(
-        recipe={"image_folder": str(tmp_path), "hub_token": "hf_not_for_cards", "api_key": "x", "seed": 3},
+        recipe={
+            "image_folder": str(tmp_path),
+            "hub_token": "hf_not_for_cards",
+            "api_key": "x",
+            "seed": 3,
+            "max_new_tokens": 64,  # a count of tokens, not a credential
+        },
         models={"policy": f"{local_model}@main"},
         method=None,
         rejections={},
@@ -270,6 +276,7 @@ def test_card_without_scores_local_paths_and_secrets(tmp_path):
     assert f"image_folder: {tmp_path.name}" in card.text and str(tmp_path) not in card.text
     assert "hf_not_for_cards" not in card.text and "`hub_token` is left out" in card.text
     assert "`api_key` is left out" in card.text
+    assert "max_new_tokens: 64" in card.text
     assert "| policy | `my_policy` (a local folder) | main |" in card.text
     assert "No input was rejected." in card.text
 

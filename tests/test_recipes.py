@@ -8,11 +8,12 @@ from accelerate.commands.config.config_args import load_config_from_file
 from helpers import REPO, load_script, run_script
 from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, SFTConfig
 
-from selfalign.build.policy import PolicySamplingArguments
+from selfalign.build.policy import PolicyArguments, PolicySamplingArguments
 from selfalign.build.runner import BuildArguments
 from selfalign.config import RecipeError, parse_recipe
 from selfalign.evaluation import EvaluationArguments
 from selfalign.images import ImageSourceArguments
+from selfalign.methods.csr import CsrArguments
 from selfalign.synthetic import ShapesWorldArguments
 from selfalign.train.arguments import ScriptArguments
 
@@ -26,6 +27,10 @@ BUILDER_RECIPES = {
     "clip": (load_script("train_clip").ClipTrainingArguments,),
     "eval": (EvaluationArguments,),
 }
+# Method recipes, by (method folder, file name).
+METHOD_RECIPES = {
+    ("csr", "pairs"): (ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments),
+}
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).
 CONFIG_REWRITES = {("lora_target_modules", "['all-linear']"): "all-linear", ("report_to", "none"): []}
@@ -34,6 +39,8 @@ RECIPES = sorted(path for path in (REPO / "recipes").rglob("*.yaml") if ACCELERA
 
 def recipe_dataclasses(recipe: Path) -> tuple:
     """The dataclasses a recipe configures, from its file name (`dpo_*.yaml` -> DPO, `*sft*.yaml` -> SFT)."""
+    if (recipe.parent.name, recipe.stem) in METHOD_RECIPES:
+        return METHOD_RECIPES[recipe.parent.name, recipe.stem]
     if recipe.stem in BUILDER_RECIPES:
         return BUILDER_RECIPES[recipe.stem]
     for script, config in TRAINING_CONFIGS.items():
@@ -59,7 +66,8 @@ def test_recipes_exist_for_every_seed_model():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: str(path.relative_to(REPO / "recipes")))
 def test_recipe_parses_strictly(recipe):
     dataclasses = recipe_dataclasses(recipe)
-    cpu = ["--use_cpu", "true"] if len(dataclasses) == 4 else []  # bf16 training recipes, parsed on a CPU
+    training = any(config in dataclasses for config in TRAINING_CONFIGS.values())
+    cpu = ["--use_cpu", "true"] if training else []  # bf16 training recipes, parsed on a CPU
     parsed = parse_recipe(dataclasses, ["--config", str(recipe), *cpu])
     values = yaml.safe_load(recipe.read_text())
     for key, value in values.items():

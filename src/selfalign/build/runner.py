@@ -279,6 +279,11 @@ def publish_build(result: BuildResult, args: BuildArguments, card: DatasetCardIn
         logger.info("Pushed to %s", url)
 
 
+def model_reference(name_or_path: str) -> str:
+    """How a row names a model: its Hub id, or a local folder's name only (rows never hold local paths)."""
+    return Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
+
+
 def recipe_values(*configs) -> dict[str, Any]:
     """The parsed recipe as one flat mapping, for the dataset card."""
     values = {}

@@ -11,7 +11,7 @@ import enum
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ from selfalign.publish.model_card import METHOD_NAMES
 
 TEMPLATE = Path(__file__).with_name("dataset_card.md")
 SCORE_COLUMNS = ("chosen_score", "rejected_score")
-# Recipe keys that may hold credentials; their values are never written.
-SECRET_KEY = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
+# Recipe keys that may hold credentials; their values are never written. "token" only as a whole
+# name part at the end (hub_token, token), not in counts such as max_new_tokens.
+SECRET_KEY = re.compile(r"(^|_)token$|secret|password|passwd|api_?key|credential", re.IGNORECASE)
 
 
 @dataclass
@@ -51,6 +52,11 @@ class DatasetCardInfo:
     tags: tuple[str, ...] = ()
     license: str = "other"
     description: str = ""  # what this dataset is, one paragraph, provided by the builder
+    # Codes of rejections that are not about inputs (e.g. a sentence tree without a usable pair).
+    rejection_reasons: dict[str, str] = field(default_factory=dict)
+    # The (chosen, rejected) columns whose statistics and histograms the card shows, and what they are.
+    score_columns: tuple[str, str] = SCORE_COLUMNS
+    score_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,10 +103,12 @@ def write_dataset_card(
             f"({data_files_pattern(config_name, split)}): write the Hub layout before the card"
         )
     columns = pq.read_schema(files[0]).names
-    scores = read_score_statistics(files) if set(SCORE_COLUMNS) <= set(columns) else None
+    scores = (
+        read_score_statistics(files, info.score_columns) if set(info.score_columns) <= set(columns) else None
+    )
     plot_path = output_dir / PLOT_FILE
     if scores is not None and len(scores.chosen):
-        plot_score_distribution(scores, plot_path)
+        plot_score_distribution(scores, plot_path, info.score_columns)
     else:
         scores = None
         # A plot left from earlier data with scores would describe rows this card is not about.
@@ -127,9 +135,10 @@ def write_dataset_card(
         recipe_yaml=yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).strip() if recipe else "",
         recipe_notes=recipe_notes,
         scores=scores,
+        score_columns=info.score_columns,
         plot_file=PLOT_FILE,
         rejections=[  # most frequent reason first
-            (reason, count, REJECTION_REASONS.get(reason, ""))
+            (reason, count, {**REJECTION_REASONS, **info.rejection_reasons}.get(reason, ""))
             for reason, count in sorted(info.rejections.items(), key=lambda item: (-item[1], item[0]))
             if count
         ],
@@ -161,14 +170,15 @@ def _row_counts(card_data) -> list[tuple[str, str, int]]:
     ]
 
 
-def read_score_statistics(files: list[Path]) -> ScoreStatistics:
-    """Statistics of the score columns, reading those two columns only. Rows without two finite
-    scores (a missing score, or -inf from a log-probability) are counted as skipped."""
+def read_score_statistics(files: list[Path], columns: tuple[str, str] = SCORE_COLUMNS) -> ScoreStatistics:
+    """Statistics of the (chosen, rejected) score columns, reading those two columns only. Rows without
+    two finite scores (a missing score, or -inf from a log-probability) are counted as skipped."""
+    chosen_column, rejected_column = columns
     chosen, rejected = [], []
     for path in files:
-        table = pq.read_table(path, columns=list(SCORE_COLUMNS))
-        chosen.extend(table["chosen_score"].to_pylist())
-        rejected.extend(table["rejected_score"].to_pylist())
+        table = pq.read_table(path, columns=list(columns))
+        chosen.extend(table[chosen_column].to_pylist())
+        rejected.extend(table[rejected_column].to_pylist())
     pairs = [
         (c, r)
         for c, r in zip(chosen, rejected, strict=True)
@@ -181,7 +191,9 @@ def read_score_statistics(files: list[Path]) -> ScoreStatistics:
     )
 
 
-def plot_score_distribution(scores: ScoreStatistics, path: Path) -> Path:
+def plot_score_distribution(
+    scores: ScoreStatistics, path: Path, columns: tuple[str, str] = SCORE_COLUMNS
+) -> Path:
     """Overlapping histograms of chosen and rejected scores, as a PNG whose bytes depend only on the scores."""
     # Imported here: matplotlib takes a while to import and cards without scores do not need it.
     from matplotlib import style
@@ -197,7 +209,7 @@ def plot_score_distribution(scores: ScoreStatistics, path: Path) -> Path:
         bins = bins if len(bins) <= 51 else np.linspace(bins[0], bins[-1], 51)
         axes.hist(scores.chosen, bins=bins, alpha=0.55, color="tab:green", label="chosen")
         axes.hist(scores.rejected, bins=bins, alpha=0.55, color="tab:red", label="rejected")
-        axes.set_xlabel("score")
+        axes.set_xlabel(columns[0].removeprefix("chosen_"))
         axes.set_ylabel("pairs")
         axes.set_title(f"Scores of chosen and rejected responses ({len(scores.chosen)} pairs)")
         axes.legend()

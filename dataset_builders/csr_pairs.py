@@ -1,0 +1,203 @@
+"""CSR preference pairs: a sentence tree per image and prompt from the policy, CLIP-calibrated, best vs worst.
+
+    python dataset_builders/csr_pairs.py --config recipes/llava-1.5-7b/csr/pairs.yaml
+    torchrun --nproc_per_node 8 dataset_builders/csr_pairs.py --config recipes/llava-1.5-7b/csr/pairs.yaml
+
+For each 'describe the image' prompt the policy grows a sentence tree (batched, on reused KV caches:
+`selfalign.samples.search_trees`); every new sentence is cleaned and scored by CLIP against the image;
+each child is ranked among its siblings by self-score and by CLIP score, a path scores the mean of
+`(1 - a) * rank + a * clip_rank` (a = 0.9, the released code; or the paper's weighted sum with
+`fusion: weighted`), and the best path is chosen, the worst rejected: one pair per prompt
+(`selfalign.methods.csr`). Trees without a usable pair are counted as rejections, with the reason.
+The same dataset comes out whatever the number of processes or the batch size, and a killed run
+restarted with the same command resumes from its finished shards.
+"""
+
+import logging
+import sys
+from collections import Counter
+
+from datasets import Features, Image, List, Value
+
+from selfalign.build.policy import PolicyArguments
+from selfalign.build.runner import (
+    BuildArguments,
+    ShardOutput,
+    model_reference,
+    process_rank,
+    publish_build,
+    recipe_values,
+    run_sharded_build,
+)
+from selfalign.config import parse_recipe
+from selfalign.errors import SelfAlignError
+from selfalign.images import ImageSourceArguments, LoadedImage, Rejection, open_source, prompt_of, row_id
+from selfalign.methods.csr import CsrArguments, TreeScoring, pairs_from_trees
+from selfalign.pairs import NO_PAIR_REASONS, NoPair
+from selfalign.publish.dataset_card import DatasetCardInfo
+from selfalign.publish.hub import check_can_push
+from selfalign.samples import GenerationRequest, TreeSearchStats, search_trees
+from selfalign.scores import DROP_REASONS
+
+MESSAGE = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        "images": List(Image()),
+        "prompt": MESSAGE,
+        "chosen": MESSAGE,
+        "rejected": MESSAGE,
+        "method": Value("string"),
+        "iteration": Value("int32"),
+        "policy_model": Value("string"),
+        "scorer_model": Value("string"),
+        "fusion": Value("string"),
+        "chosen_score": Value("float64"),
+        "rejected_score": Value("float64"),
+        "chosen_clip_score": Value("float64"),
+        "rejected_clip_score": Value("float64"),
+        "num_candidates": Value("int32"),
+        "num_nodes": Value("int32"),
+    }
+)
+
+
+def user_turn(instruction: str) -> list[dict]:
+    return [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}
+    ]
+
+
+def assistant_turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def main(
+    source_args: ImageSourceArguments,
+    policy_args: PolicyArguments,
+    csr_args: CsrArguments,
+    build_args: BuildArguments,
+) -> None:
+    if build_args.push_to_hub:
+        check_can_push(build_args.hub_dataset_id, "hub_dataset_id")
+    if not source_args.prompt_set:
+        source_args.prompt_set = "describe"  # CSR's prompts are 'describe the image' style
+    source = open_source(source_args)
+    _, num_processes, state = process_rank()
+    backend = policy_args.backend(device=str(state.device))
+    scorer = csr_args.scorer(device=str(state.device))
+    tree_params = csr_args.tree_params()
+    search_stats, scoring = TreeSearchStats(), TreeScoring()
+    fusion = f"{csr_args.fusion} (clip_weight {csr_args.clip_weight})"
+
+    def process_shard(items) -> ShardOutput:
+        output = ShardOutput(rows=[], sources=[], rejections=[])
+        accepted = []
+        for item in items:
+            loaded = source.load(item)
+            if isinstance(loaded, LoadedImage):
+                accepted.append(loaded)
+            else:
+                output.rejections.append(loaded)
+        instructions = [prompt_of(loaded, source_args.prompt_set) for loaded in accepted]
+        ids = [row_id(loaded.content_hash, text) for loaded, text in zip(accepted, instructions, strict=True)]
+        requests = [
+            GenerationRequest(
+                images=(loaded.image,), messages=tuple(user_turn(text)), seed=policy_args.row_seed(rid)
+            )
+            for loaded, text, rid in zip(accepted, instructions, ids, strict=True)
+        ]
+        trees = search_trees(backend, requests, tree_params, search_stats)
+        pairs = pairs_from_trees(scorer, csr_args, [loaded.image for loaded in accepted], trees, scoring)
+        for loaded, text, rid, tree, pair in zip(accepted, instructions, ids, trees, pairs, strict=True):
+            if isinstance(pair, NoPair):
+                output.rejections.append(Rejection(loaded.item.source, pair.reason, pair.detail))
+                continue
+            output.rows.append(
+                {
+                    "id": rid,
+                    "images": [loaded.image],
+                    "prompt": user_turn(text),
+                    "chosen": assistant_turn(pair.chosen),
+                    "rejected": assistant_turn(pair.rejected),
+                    "method": "csr",
+                    "iteration": csr_args.iteration,
+                    "policy_model": model_reference(policy_args.policy_model),
+                    "scorer_model": model_reference(csr_args.clip_model),
+                    "fusion": fusion,
+                    "chosen_score": pair.chosen_score,
+                    "rejected_score": pair.rejected_score,
+                    "chosen_clip_score": pair.chosen_clip_score,
+                    "rejected_clip_score": pair.rejected_clip_score,
+                    "num_candidates": pair.num_candidates,
+                    "num_nodes": len(tree.nodes),
+                }
+            )
+            output.sources.append(loaded.item.source)
+        return output
+
+    settings = recipe_values(source_args, policy_args, csr_args)
+    for key in ("batch_size", "clip_batch_size"):  # rows do not depend on them: each row has its own seed
+        del settings[key]
+    result = run_sharded_build(source.items(), process_shard, FEATURES, build_args, settings=settings)
+    if result is None:  # not the main process
+        return
+    logging.getLogger("selfalign").info(
+        "tree search: %d vision encoder calls for %d images; forward tokens %.2fx the minimum; "
+        "%d sentences dropped by cleaning %s; CLIP: %d images encoded, %d sentences (%d truncated)",
+        search_stats.vision_encoder_calls,
+        search_stats.images_encoded,
+        search_stats.forward_token_ratio,
+        sum(scoring.dropped.values()),
+        dict(scoring.dropped),
+        scorer.stats.images_encoded,
+        scorer.stats.sentences_encoded,
+        scorer.stats.sentences_truncated,
+    )
+    card = DatasetCardInfo(
+        pretty_name="CSR preference pairs",
+        builder="dataset_builders/csr_pairs.py",
+        recipe=recipe_values(source_args, policy_args, csr_args, build_args),
+        models={
+            "policy": f"{backend.model_name_or_path}@{backend.revision}",
+            "scorer": f"{scorer.model_name_or_path}@{scorer.revision}",
+        },
+        method="csr",
+        rejections=dict(result.rejections),
+        rejection_reasons=NO_PAIR_REASONS,
+        tags=("csr",),
+        description=_description(csr_args, scoring.dropped, scorer.stats.sentences_truncated, num_processes),
+        score_columns=("chosen_clip_score", "rejected_clip_score"),
+        score_note=(
+            "The histograms and statistics below are of the mean CLIP score (logit scale x cosine) of the "
+            "chosen and rejected responses' sentences. `chosen_score` / `rejected_score` hold the fused "
+            f"path scores ({csr_args.fusion} fusion)."
+        ),
+    )
+    publish_build(result, build_args, card)
+
+
+def _description(args: CsrArguments, dropped: Counter, truncated: int, num_processes: int) -> str:
+    drops = "; ".join(
+        f"{reason} ({DROP_REASONS[reason]}): {count}" for reason, count in sorted(dropped.items())
+    )
+    counted_on = f" (counted on process 0 of {num_processes})" if num_processes > 1 else ""
+    return (
+        f"Iteration {args.iteration} of Calibrated Self-Rewarding (CSR). For each prompt the policy grew a "
+        f"sentence-level tree ({args.children} children per node, sampled at temperature {args.temperature}; "
+        f"after each depth the top {args.keep_top} and bottom {args.keep_bottom} unfinished nodes by self-score "
+        f"kept; at most {args.max_depth} sentences and {args.max_total_tokens} tokens). A node's self-score is "
+        f"its parent's plus the mean log-prob of its sentence; every sentence was scored by CLIP against the "
+        f"image. Pairs: chosen = best path, rejected = worst, by {args.fusion_description()}. "
+        f"Sentences dropped by the released cleaning rules, with their subtrees{counted_on}: "
+        f"{sum(dropped.values())}" + (f" ({drops})" if drops else "") + ". Sentences truncated to CLIP's "
+        f"text length{counted_on}: {truncated}."
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        main(*parse_recipe((ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments)))
+    except SelfAlignError as error:
+        sys.exit(f"error: {error}")
