@@ -28,6 +28,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+# Neither imports the Hub clients, whose variables main() sets first.
+from selfalign.commands import run_entry_point
+from selfalign.errors import SelfAlignError
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "shapes"
 NAMESPACE = "selfalign-demo"
@@ -74,12 +78,10 @@ def step(number: int, text: str) -> None:
 
 def run(script: str, *args: str) -> None:
     """Run one of the project's scripts as a user would; stop the demo if it fails."""
-    command = [sys.executable, str(REPO / script), *args]
-    print("$ python " + " ".join([script, *args]), flush=True)
-    started = time.perf_counter()
-    if subprocess.run(command).returncode != 0:
-        sys.exit(f"error: `python {script}` failed (its output is above)")
-    print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
+    try:
+        run_entry_point(script, args)
+    except SelfAlignError as error:
+        sys.exit(f"error: {error}")
 
 
 def main() -> None:
