@@ -30,6 +30,7 @@ BUILDER_RECIPES = {
 # Method recipes, by (method folder, file name).
 METHOD_RECIPES = {
     ("csr", "pairs"): (ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments),
+    ("csr", "iterate"): (load_script("iterate").IterateArguments,),
 }
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).

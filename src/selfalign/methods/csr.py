@@ -140,13 +140,21 @@ def score_trees(
     """Clean and CLIP-score every new sentence of each tree against its image (one scorer call for all).
 
     A sentence that fails the cleaning is dropped with its subtree, as the released code does; the
-    others, pruned nodes included (they count in their siblings' ranks), are scored as cleaned.
+    others, pruned nodes included (they count in their siblings' ranks), are scored as cleaned. A
+    child that is EOS alone (the model ends the response after its parent's sentences) is not a
+    degenerate sentence but the response's end: it is kept, and its empty text is CLIP-scored, so
+    that among siblings "stop here" ranks against each further sentence by how well that matches
+    the image.
     """
     survivors, texts = [], []
     for tree in trees:
         alive, cleaned = {0}, []  # node ids whose whole path survived; their cleaned sentences
         for node in tree.nodes[1:]:
             if node.parent_id not in alive:
+                continue
+            if node.finish_reason == "eos" and not node.sentence.strip():
+                alive.add(node.node_id)
+                cleaned.append((node, ""))
                 continue
             sentence = clean_sentence(node.sentence, cleaning)
             if not sentence.kept:
