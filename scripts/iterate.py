@@ -51,6 +51,10 @@ class IterateArguments:
         default_factory=list, metadata={"help": "Extra flags for the builder, e.g. [--image_folder, path]."}
     )
     dpo_args: list[str] = field(default_factory=list, metadata={"help": "Extra flags for scripts/dpo.py."})
+    eval_args: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra flags for scripts/evaluate.py, e.g. [--eval_dataset, id]."},
+    )
     launcher: list[str] = field(
         default_factory=list,
         metadata={
@@ -182,7 +186,15 @@ def run_round(
 def evaluate(args: IterateArguments, progress: Progress, step: str, model: str, output_dir: Path) -> None:
     seconds = run_entry_point(
         "scripts/evaluate.py",
-        ["--config", args.eval_config, "--model_name_or_path", model, "--output_dir", str(output_dir)],
+        [
+            "--config",
+            args.eval_config,
+            "--model_name_or_path",
+            model,
+            "--output_dir",
+            str(output_dir),
+            *args.eval_args,
+        ],
     )
     report = json.loads((output_dir / "report.json").read_text())
     progress.record(step, {"path": str(output_dir), "report": report, "seconds": round(seconds, 1)})

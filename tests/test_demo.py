@@ -1,5 +1,5 @@
 """`make demo`'s script runs to the end on a fresh output folder: the shapes world, a trained CLIP, the
-base policy trained from it, all published to a local Hub, evaluated from the Hub, and the table."""
+base policy trained from it, CSR's two rounds, all published to a local Hub, evaluated, and the table."""
 
 import json
 import os
@@ -20,7 +20,7 @@ def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
         env=env, capture_output=True, text=True, timeout=1500,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[7/7]" in result.stdout
+    assert "[8/8]" in result.stdout
 
     # The policy was evaluated as published: loaded from the local Hub, on the published eval scenes.
     report = json.loads((output / "eval" / "base_policy" / "report.json").read_text())
@@ -43,3 +43,14 @@ def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     assert row in result.stdout
     assert row in (output / "report.md").read_text()
     assert (output / "report.png").read_bytes().startswith(b"\x89PNG")
+
+    # CSR's rounds: each sampled from the previous round's published model, each evaluated.
+    summary = json.loads((output / "csr" / "summary.json").read_text())
+    assert [entry["model"]["hub_id"] for entry in summary["rounds"]] == [
+        "selfalign-demo/shapes-csr-iter1",
+        "selfalign-demo/shapes-csr-iter2",
+    ]
+    assert all(entry["pairs"]["rows"] >= 500 for entry in summary["rounds"])  # of 600 scenes
+    final = summary["rounds"][-1]["eval"]["report"]["captions"]
+    assert f"| CSR round 2 | {final['chair_i']:.3f} |" in result.stdout
+    assert final["chair_i"] < captions["chair_i"]  # CSR reduces object hallucination
