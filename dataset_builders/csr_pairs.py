@@ -19,7 +19,7 @@ from collections import Counter
 
 from datasets import Features, Image, List, Value
 
-from selfalign.build.policy import PolicyArguments
+from selfalign.build.policy import PolicyArguments, prompted_images, user_turn
 from selfalign.build.runner import (
     BuildArguments,
     ShardOutput,
@@ -31,12 +31,12 @@ from selfalign.build.runner import (
 )
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
-from selfalign.images import ImageSourceArguments, LoadedImage, Rejection, open_source, prompt_of, row_id
+from selfalign.images import ImageSourceArguments, Rejection, open_source
 from selfalign.methods.csr import CsrArguments, TreeScoring, pairs_from_trees
 from selfalign.pairs import NO_PAIR_REASONS, NoPair
 from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
-from selfalign.samples import GenerationRequest, TreeSearchStats, search_trees
+from selfalign.samples import TreeSearchStats, search_trees
 from selfalign.scores import DROP_REASONS
 
 MESSAGE = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
@@ -62,12 +62,6 @@ FEATURES = Features(
 )
 
 
-def user_turn(instruction: str) -> list[dict]:
-    return [
-        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}
-    ]
-
-
 def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
@@ -91,23 +85,10 @@ def main(
     fusion = f"{csr_args.fusion} (clip_weight {csr_args.clip_weight})"
 
     def process_shard(items) -> ShardOutput:
-        output = ShardOutput(rows=[], sources=[], rejections=[])
-        accepted = []
-        for item in items:
-            loaded = source.load(item)
-            if isinstance(loaded, LoadedImage):
-                accepted.append(loaded)
-            else:
-                output.rejections.append(loaded)
-        instructions = [prompt_of(loaded, source_args.prompt_set) for loaded in accepted]
-        ids = [row_id(loaded.content_hash, text) for loaded, text in zip(accepted, instructions, strict=True)]
-        requests = [
-            GenerationRequest(
-                images=(loaded.image,), messages=tuple(user_turn(text)), seed=policy_args.row_seed(rid)
-            )
-            for loaded, text, rid in zip(accepted, instructions, ids, strict=True)
-        ]
-        trees = search_trees(backend, requests, tree_params, search_stats)
+        prompted = prompted_images(source, items, source_args.prompt_set, policy_args)
+        output = ShardOutput(rows=[], sources=[], rejections=prompted.rejections)
+        accepted, instructions, ids = prompted.images, prompted.instructions, prompted.ids
+        trees = search_trees(backend, prompted.requests, tree_params, search_stats)
         pairs = pairs_from_trees(scorer, csr_args, [loaded.image for loaded in accepted], trees, scoring)
         for loaded, text, rid, tree, pair in zip(accepted, instructions, ids, trees, pairs, strict=True):
             if isinstance(pair, NoPair):

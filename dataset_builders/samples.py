@@ -12,7 +12,7 @@ import sys
 
 from datasets import Features, Image, List, Value
 
-from selfalign.build.policy import PolicySamplingArguments
+from selfalign.build.policy import PolicySamplingArguments, prompted_images, user_turn
 from selfalign.build.runner import (
     BuildArguments,
     ShardOutput,
@@ -24,10 +24,10 @@ from selfalign.build.runner import (
 )
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
-from selfalign.images import ImageSourceArguments, LoadedImage, open_source, prompt_of, row_id
+from selfalign.images import ImageSourceArguments, open_source
 from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
-from selfalign.samples import GenerationRequest, sample
+from selfalign.samples import sample
 
 MESSAGE = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
 FEATURES = Features(
@@ -43,12 +43,6 @@ FEATURES = Features(
 )
 
 
-def user_turn(instruction: str) -> list[dict]:
-    return [
-        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}
-    ]
-
-
 def main(
     source_args: ImageSourceArguments, policy_args: PolicySamplingArguments, build_args: BuildArguments
 ) -> None:
@@ -62,24 +56,14 @@ def main(
     params = policy_args.params()
 
     def process_shard(items) -> ShardOutput:
-        output = ShardOutput(rows=[], sources=[], rejections=[])
-        accepted = []
-        for item in items:
-            loaded = source.load(item)
-            if isinstance(loaded, LoadedImage):
-                accepted.append(loaded)
-            else:
-                output.rejections.append(loaded)
-        instructions = [prompt_of(loaded, source_args.prompt_set) for loaded in accepted]
-        ids = [row_id(loaded.content_hash, text) for loaded, text in zip(accepted, instructions, strict=True)]
-        requests = [
-            GenerationRequest(
-                images=(loaded.image,), messages=tuple(user_turn(text)), seed=policy_args.row_seed(rid)
-            )
-            for loaded, text, rid in zip(accepted, instructions, ids, strict=True)
-        ]
+        prompted = prompted_images(source, items, source_args.prompt_set, policy_args)
+        output = ShardOutput(rows=[], sources=[], rejections=prompted.rejections)
         for loaded, text, rid, completions in zip(
-            accepted, instructions, ids, sample(backend, requests, params), strict=True
+            prompted.images,
+            prompted.instructions,
+            prompted.ids,
+            sample(backend, prompted.requests, params),
+            strict=True,
         ):
             output.rows.append(
                 {

@@ -1,11 +1,13 @@
-"""Recipe keys for the policy a builder samples from, shared by every builder that samples."""
+"""The policy a builder samples from: its recipe keys, and the requests a shard of images becomes."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from selfalign.samples import SamplingParams, TransformersBackend
+from selfalign.images import ImageSource, LoadedImage, Rejection, SourceItem, prompt_of, row_id
+from selfalign.samples import GenerationRequest, SamplingParams, TransformersBackend
 
 
 @dataclass
@@ -61,3 +63,44 @@ class PolicySamplingArguments(PolicyArguments):
             max_new_tokens=self.max_new_tokens,
             stop_strings=tuple(self.stop_strings),
         )
+
+
+def user_turn(instruction: str) -> list[dict]:
+    """The prompt column of a row: one user turn, the image then the instruction."""
+    return [
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}
+    ]
+
+
+@dataclass
+class PromptedImages:
+    """A shard's images that loaded, each with its instruction, row id and generation request."""
+
+    images: list[LoadedImage]
+    instructions: list[str]
+    ids: list[str]
+    requests: list[GenerationRequest]
+    rejections: list[Rejection]  # the inputs that did not load, with why
+
+
+def prompted_images(
+    source: ImageSource, items: Sequence[SourceItem], prompt_set: str | None, policy: PolicyArguments
+) -> PromptedImages:
+    """Load a shard's images and turn each into a request seeded by its row id (batch-independent samples)."""
+    prompted = PromptedImages([], [], [], [], [])
+    for item in items:
+        loaded = source.load(item)
+        if not isinstance(loaded, LoadedImage):
+            prompted.rejections.append(loaded)
+            continue
+        instruction = prompt_of(loaded, prompt_set)
+        rid = row_id(loaded.content_hash, instruction)
+        prompted.images.append(loaded)
+        prompted.instructions.append(instruction)
+        prompted.ids.append(rid)
+        prompted.requests.append(
+            GenerationRequest(
+                images=(loaded.image,), messages=tuple(user_turn(instruction)), seed=policy.row_seed(rid)
+            )
+        )
+    return prompted
