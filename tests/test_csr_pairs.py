@@ -83,3 +83,18 @@ def test_trees_without_a_pair_are_rejected_with_their_reason(
     assert sum(reject["reason"] == "single_path" for reject in rejects) == 25
     card = (output / "README.md").read_text()
     assert "single_path" in card and NO_PAIR_REASONS["single_path"] in card
+
+
+@pytest.mark.parametrize("size", ["7b", "13b"])
+def test_the_seed_pairs_recipe_runs_on_the_tiny_llava(
+    size, image_folder, tiny_model_dirs, tiny_clip_dir, tmp_path
+):
+    """The llava-1.5 recipe unchanged but for the models, the images, bf16 and the length caps."""
+    output = tmp_path / "pairs"
+    run_builder("csr_pairs", "--config", str(REPO / "recipes" / f"llava-1.5-{size}" / "csr" / "pairs.yaml"),
+                "--policy_model", str(tiny_model_dirs["llava"]), "--clip_model", str(tiny_clip_dir),
+                "--image_folder", str(image_folder), "--dtype", "float32", "--output_dir", str(output),
+                "--max_depth", "2", "--max_sentence_tokens", "8", "--max_total_tokens", "16",
+                "--sentence_ends", "e")  # fmt: skip
+    rows = load_dataset(str(output), split="train")
+    assert len(rows) > 0 and set(rows["fusion"]) == {"rank (clip_weight 0.9)"}
