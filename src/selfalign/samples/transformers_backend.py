@@ -49,10 +49,8 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from huggingface_hub import ResolvedRevision
 from transformers import (
     AutoModelForImageTextToText,
     BatchFeature,
@@ -63,10 +61,10 @@ from transformers import (
     StoppingCriteriaList,
     StopStringCriteria,
 )
-from transformers.utils.hub import resolve_revision
 
 from selfalign.errors import SelfAlignError
 from selfalign.processor import load_vlm_processor
+from selfalign.publish.hub import pin_revision
 from selfalign.samples.sampler import Completion, FinishReason, GenerationRequest, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -192,14 +190,7 @@ class TransformersBackend:
             raise SelfAlignError(f"batch_size must be at least 1, got {batch_size}")
         self.model_name_or_path = model_name_or_path
         self.batch_size = batch_size
-        # Resolve a branch or tag once, so processor and weights come from the same commit, and record it.
-        resolved = resolve_revision(model_name_or_path, revision)
-        if Path(model_name_or_path).is_dir():
-            self.revision = "local"
-        elif isinstance(resolved, ResolvedRevision):
-            self.revision = resolved.resolved
-        else:  # the Hub could not be asked and the cache does not know: keep what was requested
-            self.revision = revision or "main"
+        resolved, self.revision = pin_revision(model_name_or_path, revision)
         self.processor = load_vlm_processor(model_name_or_path, resolved, image_max_pixels)
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(

@@ -30,15 +30,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from huggingface_hub import ResolvedRevision
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
-from transformers.utils.hub import resolve_revision
 
 from selfalign.errors import SelfAlignError
+from selfalign.publish.hub import pin_revision
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +64,7 @@ class ClipScorer:
             raise SelfAlignError(f"batch_size must be at least 1, got {batch_size}")
         self.model_name_or_path = model_name_or_path
         self.batch_size = batch_size
-        # Resolve a branch or tag once, so processor and weights come from the same commit, and record it.
-        resolved = resolve_revision(model_name_or_path, revision)
-        if Path(model_name_or_path).is_dir():
-            self.revision = "local"
-        elif isinstance(resolved, ResolvedRevision):
-            self.revision = resolved.resolved
-        else:  # the Hub could not be asked and the cache does not know: keep what was requested
-            self.revision = revision or "main"
+        resolved, self.revision = pin_revision(model_name_or_path, revision)
         try:
             self.processor = CLIPProcessor.from_pretrained(model_name_or_path, revision=resolved)
             self.model = CLIPModel.from_pretrained(model_name_or_path, revision=resolved)
