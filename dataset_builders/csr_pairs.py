@@ -19,7 +19,8 @@ from collections import Counter
 
 from datasets import Features, Image, List, Value
 
-from selfalign.build.policy import PolicyArguments, prompted_images, user_turn
+from selfalign.build.conversation import MESSAGES, assistant_turn, user_turn
+from selfalign.build.policy import PolicyArguments, prompted_images
 from selfalign.build.runner import (
     BuildArguments,
     ShardOutput,
@@ -39,14 +40,13 @@ from selfalign.publish.hub import check_can_push
 from selfalign.samples import TreeSearchStats, search_trees
 from selfalign.scores import DROP_REASONS
 
-MESSAGE = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
 FEATURES = Features(
     {
         "id": Value("string"),
         "images": List(Image()),
-        "prompt": MESSAGE,
-        "chosen": MESSAGE,
-        "rejected": MESSAGE,
+        "prompt": MESSAGES,
+        "chosen": MESSAGES,
+        "rejected": MESSAGES,
         "method": Value("string"),
         "iteration": Value("int32"),
         "policy_model": Value("string"),
@@ -60,10 +60,6 @@ FEATURES = Features(
         "num_nodes": Value("int32"),
     }
 )
-
-
-def assistant_turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
 def main(

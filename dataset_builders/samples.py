@@ -12,7 +12,8 @@ import sys
 
 from datasets import Features, Image, List, Value
 
-from selfalign.build.policy import PolicySamplingArguments, prompted_images, user_turn
+from selfalign.build.conversation import MESSAGES, user_turn
+from selfalign.build.policy import PolicySamplingArguments, prompted_images
 from selfalign.build.runner import (
     BuildArguments,
     ShardOutput,
@@ -29,12 +30,11 @@ from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
 from selfalign.samples import sample
 
-MESSAGE = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
 FEATURES = Features(
     {
         "id": Value("string"),
         "images": List(Image()),
-        "prompt": MESSAGE,
+        "prompt": MESSAGES,
         "completions": List(Value("string")),
         "completion_logprobs": List(Value("float64")),
         "policy_model": Value("string"),

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from datasets import Features, Image, List, Value
 from PIL.Image import Image as PILImage
 
+from selfalign.build.conversation import MESSAGES, assistant_turn, user_turn
 from selfalign.build.runner import (
     BuildArguments,
     ShardOutput,
@@ -59,7 +60,6 @@ from selfalign.synthetic import (
 )
 
 TEXT = Value("string")
-MESSAGES = List({"role": TEXT, "content": List({"type": TEXT, "text": TEXT})})
 COMMON = {"id": TEXT, "scene_seed": Value("int64")}
 FEATURES = {
     "sft": Features({**COMMON, "images": List(Image()), "messages": MESSAGES, "task": TEXT}),
@@ -99,14 +99,6 @@ DESCRIPTIONS = {
 }
 
 
-def _user_turn(text: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]
-
-
-def _assistant_turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-
 class RowMaker:
     """The rows of one kind for one scene. Each row's id derives from its image and its prompt."""
 
@@ -142,7 +134,7 @@ class RowMaker:
         return [
             (
                 prompt,
-                {"images": [image], "messages": _user_turn(prompt) + _assistant_turn(answer), "task": task},
+                {"images": [image], "messages": user_turn(prompt) + assistant_turn(answer), "task": task},
             )
             for task, prompt, answer in conversations
         ]

@@ -1,6 +1,7 @@
 """dataset_builders/csr_pairs.py on tiny models: sentence trees -> CLIP-calibrated pairs -> a DPO-ready dataset."""
 
 import json
+import re
 
 import pytest
 from datasets import load_dataset
@@ -42,7 +43,11 @@ def test_pairs_are_trl_preference_rows_with_csr_provenance(built):
         assert (row["method"], row["iteration"]) == ("csr", 1)
         # Rows name models, never local paths.
         assert (row["policy_model"], row["scorer_model"]) == ("llava", "clip")
-    assert "tree search: 1 vision encoder calls" in result.stderr or "vision encoder calls" in result.stderr
+    # Each batch of prompts encodes its images once for the whole tree search, never once per node.
+    calls, images = map(
+        int, re.search(r"(\d+) vision encoder calls for (\d+) images", result.stderr).groups()
+    )
+    assert images == 25 and calls == 7  # 25 loaded images (the duplicate too) in shards of 4: 7 batches
 
 
 def test_the_card_says_how_pairs_were_chosen_and_plots_clip_scores(built):

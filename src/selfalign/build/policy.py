@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from selfalign.build.conversation import user_turn
 from selfalign.images import ImageSource, LoadedImage, Rejection, SourceItem, prompt_of, row_id
 from selfalign.samples import GenerationRequest, SamplingParams, TransformersBackend
 
@@ -63,13 +64,6 @@ class PolicySamplingArguments(PolicyArguments):
             max_new_tokens=self.max_new_tokens,
             stop_strings=tuple(self.stop_strings),
         )
-
-
-def user_turn(instruction: str) -> list[dict]:
-    """The prompt column of a row: one user turn, the image then the instruction."""
-    return [
-        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": instruction}]}
-    ]
 
 
 @dataclass
