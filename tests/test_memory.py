@@ -32,7 +32,8 @@ ACCELERATE = ROOT / "recipes" / "accelerate_configs"
 SEED_RECIPES = sorted(
     path
     for path in (ROOT / "recipes").glob("*/*/*.yaml")
-    if path.parts[-3] not in ("tiny", "shapes", "accelerate_configs") and ("dpo" in path.stem or "sft" in path.stem)
+    if path.parts[-3] not in ("tiny", "shapes", "accelerate_configs")
+    and ("dpo" in path.stem or "sft" in path.stem)
 )
 # Published total parameter counts of the seed models.
 KNOWN_TOTALS = {

@@ -57,16 +57,18 @@ does, for all live nodes of all prompts at once:
    from its compressed extent with three equal components). Padding never shifts them, and the
    reused keys, rotated at their own positions, stay valid wherever they sit in a row;
 2. repeat each row `children` times and decode the children token by token, one model call per step
-   for all rows. A row that ends its sentence is dropped from the batch before the next step (its
-   segment copied out first), so no step forwards a finished row;
+   for all rows, each writing its token into room the cache rows keep for a sentence (no copy of
+   the cache per step). A row that ends its sentence has its segment copied out; it leaves the
+   batch together with the other done rows once they are a third of it, a compromise between
+   copying the cache at every step and forwarding done rows;
 3. score and prune; segments of pruned and ended nodes are dropped at the next depth.
 
 Like `generate(num_return_sequences=n)`, every row holds its own copy of its context's KV during a
 step: memory grows with live nodes x children x context length; `batch_size` bounds it.
 
-Only the prompt padding of the first forward pass is processed beyond the minimum (each distinct
-prompt token once, each generated token at most once: a sentence's last token is forwarded only if
-its node is expanded). `TreeSearchStats` counts it. `search_trees_one_node_at_a_time` is the
+Beyond the minimum (each distinct prompt token once, each generated token once), only the prompt
+padding of the first forward pass and the steps of done rows still in the batch are processed (and
+a sentence's last token is forwarded only if its node is expanded). `TreeSearchStats` counts it. `search_trees_one_node_at_a_time` is the
 original's way, kept as the reference: for each prompt and live node, one `generate` over images +
 prompt + the node's response, re-encoding the image and the whole prefix for every node.
 """
@@ -81,6 +83,7 @@ from typing import Literal
 
 import torch
 from transformers import BatchFeature, DynamicCache, StoppingCriteria
+from transformers.cache_utils import Cache, DynamicLayer
 
 from selfalign.errors import SelfAlignError
 from selfalign.samples.sampler import GenerationRequest
@@ -260,11 +263,20 @@ class _SentenceEnd:
     def __init__(self, tokenizer, sentence_ends: tuple[str, ...]):
         self.tokenizer = tokenizer
         self.sentence_ends = sentence_ends
+        self._last_token_text: dict[int, str] = {}  # token id -> its text decoded alone, rstripped
 
     def __call__(self, token_ids: Sequence[int]) -> bool:
-        return (
-            self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip().endswith(self.sentence_ends)
-        )
+        # A token whose text alone is whole characters and not all whitespace ends the decoded text
+        # with that text, so its own text decides; decoding every row's sentence at every step
+        # costs more than the model's step. Otherwise (whitespace, special tokens, bytes of a
+        # split character) the decoded sentence decides.
+        last = token_ids[-1]
+        if last not in self._last_token_text:
+            self._last_token_text[last] = self.tokenizer.decode([last], skip_special_tokens=True).rstrip()
+        text = self._last_token_text[last]
+        if not text or "\ufffd" in text:
+            text = self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip()
+        return text.endswith(self.sentence_ends)
 
 
 class _SentenceEndCriteria(StoppingCriteria):
@@ -389,6 +401,51 @@ def _grow_trees(
 _LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values, (heads, tokens, head_dim)
 
 
+class _PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with room for more tokens.
+
+    `DynamicLayer` concatenates every step's token onto the whole cache, copying it; here a step
+    writes its token into the room (a full buffer grows by doubling).
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._use(_with_room(keys, room), _with_room(values, room), keys.shape[-2])
+
+    def _use(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> None:
+        self.key_buffer, self.value_buffer, self.length = key_buffer, value_buffer, length
+        self.keys, self.values = key_buffer[..., :length, :], value_buffer[..., :length, :]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            room = max(self.key_buffer.shape[-2], key_states.shape[-2])
+            self.key_buffer, self.value_buffer = (
+                _with_room(self.key_buffer, room),
+                _with_room(self.value_buffer, room),
+            )
+        self.key_buffer[..., self.length : end, :] = key_states
+        self.value_buffer[..., self.length : end, :] = value_states
+        self._use(self.key_buffer, self.value_buffer, end)
+        return self.keys, self.values
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._use(
+            self.key_buffer.repeat_interleave(repeats, dim=0),
+            self.value_buffer.repeat_interleave(repeats, dim=0),
+            self.length,
+        )
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._use(self.key_buffer[indices], self.value_buffer[indices], self.length)
+
+
+def _with_room(states: torch.Tensor, room: int) -> torch.Tensor:
+    """`states` (batch, heads, tokens, head_dim) followed by `room` unwritten token slots."""
+    return torch.cat([states, states.new_empty(*states.shape[:2], room, states.shape[3])], dim=2)
+
+
 class _SharedCacheExpander:
     """Expands the live nodes of a batch of prompts on KV caches built from reused pieces (module docstring)."""
 
@@ -490,7 +547,7 @@ class _SharedCacheExpander:
     def _decode(
         self,
         rows: list[tuple[_Parent, int]],
-        cache: DynamicCache,
+        cache: Cache,
         attention_mask: torch.Tensor,
         positions: torch.Tensor,
         logits: torch.Tensor,
@@ -498,8 +555,10 @@ class _SharedCacheExpander:
     ) -> list[_Sentence]:
         """Each row's sentence (row: a parent and a child index), all rows stepping together.
 
-        A row whose sentence ended leaves the batch, its segment (the cache from `segment_start` on)
-        stored; `positions` are those of the tokens last forwarded.
+        A row whose sentence ended stores its segment (the cache from `segment_start` on) and is
+        done. It stays in the batch, forwarded for nothing, until a third of the batch is done:
+        then the done rows leave at once. Dropping each as it ends would copy the whole cache at
+        almost every step. `positions` are those of the tokens last forwarded.
         """
         generators = [
             _row_generator(self.seeds[parent.prompt_index], *parent.branch, j) for parent, j in rows
@@ -507,46 +566,54 @@ class _SharedCacheExpander:
         budgets = [_sentence_budget(parent, self.params) for parent, _ in rows]
         tokens: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
-        active = list(range(len(rows)))  # the rows still in the batch, in batch order
+        in_batch = list(range(len(rows)))  # the row at each batch position
+        decoding = list(range(len(rows)))  # the batch positions of the rows still decoding
+        next_tokens = torch.zeros(len(rows), dtype=torch.long, device=self.model.device)
         while True:
+            positions_decoding = torch.tensor(decoding, device=self.model.device)
             chosen, chosen_logprobs = _next_tokens(
-                logits,
-                [generators[row] for row in active],
+                logits if len(decoding) == len(in_batch) else logits[positions_decoding],
+                [generators[in_batch[position]] for position in decoding],
                 self.params.temperature,
                 self.params.top_p,
                 self.never_sampled,
             )
-            for row, token, logprob in zip(active, chosen.tolist(), chosen_logprobs.tolist(), strict=True):
+            next_tokens[positions_decoding] = chosen
+            still_decoding = []
+            for position, token, logprob in zip(
+                decoding, chosen.tolist(), chosen_logprobs.tolist(), strict=True
+            ):
+                row = in_batch[position]
                 tokens[row].append(token)
                 logprobs[row].append(logprob)
-            going_on = []
-            for batch_row, row in enumerate(active):
                 if self._sentence_ended(tokens[row], budgets[row]):
                     parent, j = rows[row]
                     self.segments[(parent.prompt_index, parent.branch + (j,))] = [
                         (
-                            layer.keys[batch_row, :, segment_start:].clone(),
-                            layer.values[batch_row, :, segment_start:].clone(),
+                            layer.keys[position, :, segment_start:].clone(),
+                            layer.values[position, :, segment_start:].clone(),
                         )
                         for layer in cache.layers
                     ]
                 else:
-                    going_on.append(batch_row)
-            if not going_on:
+                    still_decoding.append(position)
+            if not still_decoding:
                 break
-            if len(going_on) < len(active):
-                selected = torch.tensor(going_on, device=self.model.device)
+            if 3 * (len(in_batch) - len(still_decoding)) >= len(in_batch):
+                selected = torch.tensor(still_decoding, device=self.model.device)
                 cache.batch_select_indices(selected)
-                attention_mask, positions, chosen = (
+                attention_mask, positions, next_tokens = (
                     attention_mask[selected],
                     positions[selected],
-                    chosen[selected],
+                    next_tokens[selected],
                 )
-                active = [active[batch_row] for batch_row in going_on]
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+                in_batch = [in_batch[position] for position in still_decoding]
+                still_decoding = list(range(len(in_batch)))
+            decoding = still_decoding
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(in_batch), 1)], dim=1)
             positions = positions + 1
-            logits = self._forward(chosen, attention_mask, positions, cache)
-            self.stats.generated_tokens_forwarded += len(active)
+            logits = self._forward(next_tokens, attention_mask, positions, cache)
+            self.stats.generated_tokens_forwarded += len(in_batch)
         return [
             _Sentence(tuple(row_tokens), sum(row_logprobs))
             for row_tokens, row_logprobs in zip(tokens, logprobs, strict=True)
@@ -555,7 +622,7 @@ class _SharedCacheExpander:
     def _sentence_ended(self, tokens: list[int], budget: int) -> bool:
         return tokens[-1] in self.eos_token_ids or len(tokens) == budget or self.sentence_end(tokens)
 
-    def _assemble(self, parents: list[_Parent]) -> tuple[DynamicCache, torch.Tensor]:
+    def _assemble(self, parents: list[_Parent]) -> tuple[Cache, torch.Tensor]:
         """A cache row per parent (its prompt's KV, then its path's segments), left-padded; and its mask."""
         pieces = [
             [self.prompt_kv[p.prompt_index]]
@@ -564,6 +631,8 @@ class _SharedCacheExpander:
         ]
         lengths = [sum(piece[0][0].shape[1] for piece in row) for row in pieces]
         width = max(lengths)
+        # Room for the pending token and a whole sentence: the steps write into it in place.
+        room = 1 + self.params.max_sentence_tokens
         layers = []
         for layer in range(len(pieces[0][0])):
             keys, values = [], []
@@ -572,18 +641,18 @@ class _SharedCacheExpander:
                 padding = first_keys.new_zeros(first_keys.shape[0], width - length, first_keys.shape[2])
                 keys.append(torch.cat([padding] + [piece[layer][0] for piece in row], dim=1))
                 values.append(torch.cat([padding] + [piece[layer][1] for piece in row], dim=1))
-            layers.append((torch.stack(keys), torch.stack(values)))
+            layers.append(_PreallocatedLayer(torch.stack(keys), torch.stack(values), room))
         attention_mask = torch.zeros(len(parents), width, dtype=torch.long, device=self.model.device)
         for row, length in enumerate(lengths):
             attention_mask[row, width - length :] = 1
-        return DynamicCache(ddp_cache_data=layers), attention_mask
+        return Cache(layers=layers), attention_mask
 
     def _forward(
         self,
         token_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         positions: torch.Tensor,
-        cache: DynamicCache,
+        cache: Cache,
     ) -> torch.Tensor:
         """The next-token logits (float32, as `generate` gives them) after one more token per row."""
         output = self.model(

@@ -100,16 +100,30 @@ def _next_tokens(
 def _draw(
     scores: torch.FloatTensor, generators: Sequence[torch.Generator], temperature: float, top_p: float
 ) -> torch.LongTensor:
+    """Inverse-CDF sampling: one uniform number per row, from the row's own generator."""
     probs = (scores / temperature).softmax(dim=-1)
+    uniform = torch.stack([torch.rand((), generator=g) for g in generators]).to(scores.device)
+    if top_p >= 1:
+        # No nucleus: the CDF in token order; sorting the vocabulary per row and step would cost
+        # more than the model's forward pass on small models.
+        return _invert(probs.cumsum(dim=-1), uniform)
     # Stable sort: equal probabilities keep token order, so the argmax comes first as in argmax().
     sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
     # Nucleus: the most likely tokens until their mass reaches top_p (the first is always kept).
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     cumulative = (sorted_probs * (mass_before < top_p)).cumsum(dim=-1)
-    uniform = torch.stack([torch.rand((), generator=g) for g in generators]).to(scores.device)
-    targets = uniform[:, None] * cumulative[:, -1:]
-    positions = torch.searchsorted(cumulative, targets, right=True).clamp(max=scores.shape[-1] - 1)
-    return sorted_ids.gather(1, positions).squeeze(1)
+    return sorted_ids.gather(1, _invert(cumulative, uniform)[:, None]).squeeze(1)
+
+
+def _invert(cumulative: torch.FloatTensor, uniform: torch.FloatTensor) -> torch.LongTensor:
+    """Per row, the first index whose cumulative mass exceeds `uniform` x the row's total mass.
+
+    The target is kept below the total (the product can round up to it), so the index found is
+    always one whose own mass is positive: never past the end, never a banned token.
+    """
+    total = cumulative[:, -1:]
+    targets = torch.minimum(uniform[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cumulative, targets, right=True).squeeze(1)
 
 
 class _RowSampler(LogitsProcessor):
