@@ -100,6 +100,8 @@ NodeFinishReason = Literal["eos", "length", "max_depth"]
 
 # Inputs with one value per prompt token, cut with the prompt (the rest: pixels, grids, image sizes).
 _PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
+# Rows whose sentence is done leave the decoding batch together once they are this share of it.
+_DONE_SHARE_TO_DROP = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -599,7 +601,7 @@ class _SharedCacheExpander:
                     still_decoding.append(position)
             if not still_decoding:
                 break
-            if 3 * (len(in_batch) - len(still_decoding)) >= len(in_batch):
+            if len(in_batch) - len(still_decoding) >= _DONE_SHARE_TO_DROP * len(in_batch):
                 selected = torch.tensor(still_decoding, device=self.model.device)
                 cache.batch_select_indices(selected)
                 attention_mask, positions, next_tokens = (
