@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import uuid
+from types import SimpleNamespace
 
 import torch
 from helpers import REPO, load_script
@@ -12,6 +13,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from selfalign.config import parse_recipe
+from selfalign.tiny_zoo import build_tiny_clip
 
 RETRIEVAL_KEYS = ("image_to_text_top1", "image_to_text_top5", "text_to_image_top1", "text_to_image_top5")
 
@@ -58,7 +60,14 @@ def test_training_improves_held_out_retrieval_and_publishes(tmp_path, hub_server
     train_clip.main(args)
 
     metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
-    for key in (*RETRIEVAL_KEYS, "contrastive_loss", "train_loss_first_steps", "train_loss_last_steps"):
+    for key in (
+        *RETRIEVAL_KEYS,
+        "contrastive_loss",
+        "shape_discrimination",
+        "colour_discrimination",
+        "train_loss_first_steps",
+        "train_loss_last_steps",
+    ):
         assert isinstance(metrics[key], float), key
     assert metrics["num_eval_scenes"] == 40
     before, after = metrics["before_training"], metrics["after_training"]
@@ -80,3 +89,38 @@ def test_training_improves_held_out_retrieval_and_publishes(tmp_path, hub_server
     card = ModelCard.load(repo_id)
     assert card.data.library_name == "transformers"
     assert "clip" in card.data.tags
+
+
+class ScoresByObject:
+    """Stands in for a CLIPModel: the text of vocabulary entry k embeds as the k-th unit vector, so
+    an image's score for an object sentence is the entry of that object in the image's row."""
+
+    def __init__(self, image_scores: torch.Tensor):
+        self.image_scores = image_scores
+
+    def eval(self):
+        return self
+
+    def __call__(self, pixel_values, input_ids, attention_mask):
+        assert len(pixel_values) == len(self.image_scores)
+        return SimpleNamespace(image_embeds=self.image_scores, text_embeds=torch.eye(len(input_ids)))
+
+
+def test_attribute_discrimination_counts_present_against_absent_rivals(tmp_path):
+    train_clip = load_script("train_clip")
+    processor = CLIPProcessor.from_pretrained(build_tiny_clip(tmp_path / "clip"))
+    captions = ["There is a red circle.", "Two shapes: a blue square and a red star."]
+    scenes = train_clip.EncodedScenes(torch.zeros(2, 3, 32, 32), captions, [[], []])
+    # Vocabulary (colours x shapes, sorted): blue circle, blue square, blue star, red circle, red square, red star.
+    image_scores = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 1.0, 2.0, 0.0],  # red circle present; the absent red square scores higher
+            [0.0, 1.0, 1.5, 0.0, 0.0, 1.0],  # blue square, red star present; the absent blue star beats both
+        ]
+    )
+    metrics = train_clip.attribute_discrimination(ScoresByObject(image_scores), processor, scenes)
+    # Shape rivals: red circle vs red square (lost), red star (won); blue square vs blue circle (won),
+    # blue star (lost); red star vs red circle, red square (won both): 4 of 6.
+    # Colour rivals: red circle vs blue circle (won); blue square vs red square (won); red star vs
+    # blue star (lost): 2 of 3.
+    assert metrics == {"shape_discrimination": round(4 / 6, 4), "colour_discrimination": round(2 / 3, 4)}

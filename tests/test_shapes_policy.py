@@ -19,6 +19,7 @@ from helpers import REPO, load_script
 
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
+from selfalign.evaluation import caption_scores, hallucination_kinds
 
 REPORT_KEYS = {"model", "eval_set", "captions", "pope", "recipe", "seconds"}
 CAPTION_KEYS = {"chair_i", "chair_s", "recall", "mean_caption_words", "num_mentions", "num_captions"}
@@ -108,3 +109,19 @@ def test_evaluate_merges_an_adapter_into_its_base(tiny_world, tiny_model_dirs, t
     report = _evaluate(adapter_dir, tiny_world["eval"], tmp_path / "adapter_eval")
     assert report["model"]["adapter_base"] == str(tiny_model_dirs["qwen2_vl"])
     assert report["captions"]["num_captions"] == 12
+
+
+def test_hallucination_kinds_split_every_wrong_mention_by_what_is_wrong():
+    truth = [["red circle", "blue square"], ["green star"]]
+    captions = [
+        # red square: both attributes present, on different objects; red star: the shape is absent;
+        # green circle: the colour is absent; a triangle: a bare absent shape; the rest are right.
+        "A red circle, a red square and a blue square. There is a red star, a green circle and a triangle.",
+        # yellow triangle: neither is in the scene; "star" alone is right.
+        "A green star and a yellow triangle. The star is large.",
+    ]
+    kinds = hallucination_kinds(captions, truth)
+    assert kinds == {"wrong_shape": 1, "wrong_colour": 1, "swapped": 1, "both_absent": 1, "absent_shape": 1}
+    scores = caption_scores(captions, truth)
+    assert scores["hallucinations_by_kind"] == kinds
+    assert sum(kinds.values()) == scores["num_hallucinated_mentions"]

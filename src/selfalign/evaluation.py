@@ -32,6 +32,7 @@ from huggingface_hub.errors import HFValidationError
 from selfalign.errors import SelfAlignError
 from selfalign.samples import GenerationRequest, SamplingParams, TransformersBackend, sample
 from selfalign.synthetic import COLOURS, POPE_STRATEGIES, SHAPES, SYNONYMS
+from selfalign.synthetic.language import mentioned_objects
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,44 @@ def caption_scores(captions: list[str], objects: list[list[str]]) -> dict:
         attributes=list(COLOURS),
     )
     scores["mean_caption_words"] = mean(len(caption.split()) for caption in captions)
+    scores["hallucinations_by_kind"] = hallucination_kinds(captions, objects)
     return scores
+
+
+HALLUCINATION_KINDS = ("wrong_shape", "wrong_colour", "swapped", "both_absent", "absent_shape")
+
+
+def hallucination_kinds(captions: list[str], objects: list[list[str]]) -> dict[str, int]:
+    """The wrong object mentions by what is wrong, against the scene's objects ("<colour> <shape>"):
+
+    - wrong_shape: "<colour> <shape>" whose colour is in the scene but whose shape is not;
+    - wrong_colour: the shape is in the scene, the colour is not;
+    - swapped: both are in the scene, on different objects;
+    - both_absent: neither is;
+    - absent_shape: a bare "<shape>" that no object has.
+
+    Which kind dominates says what a method can fix: a policy that names present colours with
+    absent shapes does not see shapes, which preference data alone cannot teach.
+    """
+    counts = dict.fromkeys(HALLUCINATION_KINDS, 0)
+    for caption, truth in zip(captions, objects, strict=True):
+        colours = {obj.split()[0] for obj in truth}
+        shapes = {obj.split()[1] for obj in truth}
+        for mention in mentioned_objects(caption):
+            if mention in truth or mention in shapes:
+                continue
+            if " " not in mention:
+                counts["absent_shape"] += 1
+                continue
+            colour, shape = mention.split()
+            kind = {
+                (True, False): "wrong_shape",
+                (False, True): "wrong_colour",
+                (True, True): "swapped",
+                (False, False): "both_absent",
+            }[(colour in colours, shape in shapes)]
+            counts[kind] += 1
+    return counts
 
 
 def pope_scores(answers: list[str], probes: list[dict]) -> dict[str, dict]:
@@ -206,6 +244,13 @@ def markdown_report(report: dict) -> str:
     for strategy, scores in report["pope"].items():
         values = " | ".join(f"{scores[name]:.3f}" for name in POPE_METRICS)
         lines.append(f"| {strategy} | {values} | {scores['num_examples']} |")
+    kinds = caption["hallucinations_by_kind"]
+    lines += [
+        "",
+        "| wrong mentions: " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * (len(kinds) - 1),
+        "| " + " | ".join(str(count) for count in kinds.values()) + " |",
+    ]
     return "\n".join(lines) + "\n"
 
 
