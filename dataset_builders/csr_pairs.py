@@ -161,7 +161,7 @@ def _description(args: CsrArguments, dropped: Counter, truncated: int, num_proce
     counted_on = f" (counted on process 0 of {num_processes})" if num_processes > 1 else ""
     return (
         f"Iteration {args.iteration} of Calibrated Self-Rewarding (CSR). For each prompt the policy grew a "
-        f"sentence-level tree ({args.children} children per node, sampled at temperature {args.temperature}; "
+        f"sentence-level tree ({args.children} children per node, {args.children_description()}; "
         f"after each depth the top {args.keep_top} and bottom {args.keep_bottom} unfinished nodes by self-score "
         f"kept; at most {args.max_depth} sentences and {args.max_total_tokens} tokens). A node's self-score is "
         f"its parent's plus the mean log-prob of its sentence; every sentence was scored by CLIP against the "

@@ -103,3 +103,5 @@ def test_the_seed_pairs_recipe_runs_on_the_tiny_llava(
                 "--sentence_ends", "e")  # fmt: skip
     rows = load_dataset(str(output), split="train")
     assert len(rows) > 0 and set(rows["fusion"]) == {"rank (clip_weight 0.9)"}
+    # Children drawn as released: diverse decoding, and the card says so.
+    assert "diverse greedy decoding with diversity penalty 3.0" in (output / "README.md").read_text()

@@ -346,10 +346,42 @@ def test_greedy_children_are_identical_and_ties_keep_the_first_and_last(backends
             assert all(node.kept for node in nodes if node.finish_reason is not None)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("penalty", [0.5, 100.0])
+def test_diverse_greedy_children_avoid_their_elder_siblings_tokens(family, penalty, backends):
+    """The released code's diverse beam search, one beam per group: child j is greedy on its log-probs
+    minus the penalty for each earlier sibling that took the token at the same step."""
+    backend = backends[family]
+    requests = make_requests(3)
+    shape = {"max_depth": 3, "max_sentence_tokens": 8, "max_total_tokens": 20, "sentence_ends": ("e",)}
+    params = TreeSearchParams(children=3, temperature=0, diversity_penalty=penalty, **shape)
+    trees = search_trees(backend, requests, params)
+    assert_same_trees(search_trees_one_node_at_a_time(backend, requests, params), trees)
+    # The first child has no elder sibling: it is the greedy sentence.
+    greedy = search_trees(backend, requests, TreeSearchParams(children=1, temperature=0, **shape))
+    for tree, greedy_tree in zip(trees, greedy, strict=True):
+        assert tree.nodes[1].token_ids == greedy_tree.nodes[1].token_ids
+    if penalty < 100:
+        return
+    # A penalty beyond any log-prob gap: siblings never take the same token at the same step.
+    compared = 0
+    for tree in trees:
+        for node in tree.nodes:
+            children = [child for child in tree.nodes if child.parent_id == node.node_id]
+            for elder_index, elder in enumerate(children):
+                for younger in children[elder_index + 1 :]:
+                    steps = min(elder.num_tokens, younger.num_tokens)
+                    assert all(elder.token_ids[t] != younger.token_ids[t] for t in range(steps))
+                    compared += steps
+    assert compared > 50
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"children": 0}, "child"),
+        ({"diversity_penalty": -1.0, "temperature": 0}, "diversity_penalty"),
+        ({"diversity_penalty": 3.0}, "temperature 0"),
         ({"keep_top": -1}, "keep_top"),
         ({"keep_top": 0, "keep_bottom": 0}, "keep_top \\+ keep_bottom"),
         ({"max_depth": 0}, "max_depth"),

@@ -46,6 +46,13 @@ class CsrArguments:
         default=1.0, metadata={"help": "Sampling temperature of the children; 0 greedy."}
     )
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold of the children."})
+    diversity_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "> 0 (with temperature 0): diverse greedy children, the released code's diverse beam "
+            "search with one beam per group (it used 3.0); 0: sampled children."
+        },
+    )
     sentence_ends: list[str] = field(
         default_factory=lambda: [".", "!", "?"], metadata={"help": "Text endings that close a sentence."}
     )
@@ -89,7 +96,15 @@ class CsrArguments:
             max_total_tokens=self.max_total_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
+            diversity_penalty=self.diversity_penalty,
             sentence_ends=tuple(self.sentence_ends),
+        )
+
+    def children_description(self) -> str:
+        if self.diversity_penalty:
+            return f"diverse greedy decoding with diversity penalty {self.diversity_penalty}"
+        return f"sampled at temperature {self.temperature}" + (
+            f", top-p {self.top_p}" if self.top_p < 1 else ""
         )
 
     def fusion_params(self) -> FusionParams:

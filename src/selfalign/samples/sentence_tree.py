@@ -24,13 +24,23 @@ removed, ends with one of `sentence_ends`. So "3.5" is cut after "3." (and "e.g.
 ignore that for now: descriptions of images rarely hold such numbers, and telling a decimal point
 from a full stop needs the next token, which the rule would then have to wait for.
 
-Children: sampling, not diverse beam search. The released code draws a node's 5 children by diverse
-beam search (`num_beams = num_beam_groups = 5`, a diversity penalty). transformers 5.23 removed group
-beam search from its core: `generate(num_beam_groups > 1)` now loads the
-`transformers-community/group-beam-search` repository from the Hub with `trust_remote_code=True`,
-which is offline here and would run remote code. So children are sampled (temperature, top-p; the
-default), or with temperature 0 decoded greedily, which makes every child of a node the same
-sentence (use children=1 then; the tree is greedy decoding cut into sentences).
+Children: sampled, or diverse greedy. The released code draws a node's 5 children by diverse beam
+search (`num_beams = num_beam_groups = 5`, `diversity_penalty` 3.0, the full stop as EOS).
+transformers 5.23 removed group beam search from its core (`generate(num_beam_groups > 1)` now loads
+the `transformers-community/group-beam-search` repository from the Hub with `trust_remote_code=True`,
+offline here), so both ways are implemented here:
+
+- sampling (the default): temperature and top-p; temperature 0 alone makes every child of a node
+  the same greedy sentence (use children=1 then);
+- diverse greedy (`diversity_penalty` > 0, temperature 0): group beam search with one beam per
+  group, as the released settings have it. At each step, child j takes the token of highest
+  log-prob minus `diversity_penalty` x the number of its earlier siblings (children 0..j-1 still
+  writing their sentence) that took that token at this step: the Hamming diversity of group beam
+  search. Two simplifications against `generate`'s beam search: a child that takes a sentence end
+  stops there (beam search would keep that hypothesis aside, continue the beam with its next-best
+  token and return whichever scores better per token), and a finished sibling no longer counts
+  (there, every beam steps until all have finished). Self-scores are the children's own log-probs,
+  not the penalised beam scores.
 
 Determinism. Child j of the node reached from the root by child indices (i1, ..., id) draws from its
 own CPU generator, `_row_generator(seed, i1, ..., id, j)`, one uniform number per token, exactly as
@@ -77,12 +87,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from transformers import BatchFeature, DynamicCache, StoppingCriteria
+from transformers import BatchFeature, DynamicCache, LogitsProcessor, StoppingCriteria
 from transformers.cache_utils import Cache, DynamicLayer
 
 from selfalign.errors import SelfAlignError
@@ -112,8 +122,9 @@ class TreeSearchParams:
     max_depth: int = 16  # sentences per response
     max_sentence_tokens: int = 64
     max_total_tokens: int = 512  # tokens per response, all sentences
-    temperature: float = 1.0  # 0 means greedy: every child of a node is then the same sentence
+    temperature: float = 1.0  # 0 means greedy: every child of a node is then the same sentence...
     top_p: float = 1.0
+    diversity_penalty: float = 0.0  # ... unless this is > 0: diverse greedy children (module docstring)
     sentence_ends: tuple[str, ...] = (".", "!", "?")
 
     def __post_init__(self) -> None:
@@ -135,6 +146,13 @@ class TreeSearchParams:
             raise SelfAlignError(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SelfAlignError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.diversity_penalty < 0:
+            raise SelfAlignError(f"diversity_penalty must not be negative, got {self.diversity_penalty}")
+        if self.diversity_penalty > 0 and self.temperature != 0:
+            raise SelfAlignError(
+                "diverse children are decoded greedily: set temperature 0 with a diversity_penalty "
+                f"(got temperature {self.temperature}), or diversity_penalty 0 to sample them"
+            )
         if not self.sentence_ends or any(not end for end in self.sentence_ends):
             raise SelfAlignError(
                 f"sentence_ends must hold at least one non-empty string, got {self.sentence_ends!r}"
@@ -241,6 +259,11 @@ class _Parent:
     branch: tuple[int, ...]
     response_ids: tuple[int, ...]  # the tokens from the root to this node
 
+    @property
+    def node_key(self) -> tuple[int, int]:
+        """The node among all prompts of an expander."""
+        return (self.prompt_index, self.node_id)
+
 
 @dataclass(frozen=True)
 class _Sentence:
@@ -279,6 +302,80 @@ class _SentenceEnd:
         if not text or "\ufffd" in text:
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True).rstrip()
         return text.endswith(self.sentence_ends)
+
+
+def _sentence_done(
+    tokens: Sequence[int], budget: int, eos_token_ids: set[int], sentence_end: _SentenceEnd
+) -> bool:
+    """Whether a child's sentence is over: at EOS, at its token budget, or at a sentence end."""
+    return tokens[-1] in eos_token_ids or len(tokens) == budget or sentence_end(tokens)
+
+
+def _diverse_greedy(
+    scores: torch.Tensor, siblings: Sequence[Hashable], penalty: float, never_sampled: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's next token for diverse greedy children (module docstring), with its log-prob.
+
+    Rows are children in child order; `siblings[row]` names the row's parent. A row's token is the
+    argmax of its log-probs minus `penalty` x how many earlier rows of the same parent took each
+    token at this step.
+    """
+    log_probs = scores.log_softmax(dim=-1)
+    allowed = log_probs
+    if never_sampled:
+        banned = torch.tensor(never_sampled, dtype=torch.long, device=scores.device)
+        allowed = log_probs.index_fill(1, banned, -math.inf)
+    parents = {parent: index for index, parent in enumerate(dict.fromkeys(siblings))}
+    parent_of_row = torch.tensor([parents[parent] for parent in siblings], device=scores.device)
+    earlier: dict[Hashable, int] = {}
+    turns = []  # per row: how many earlier rows of its parent choose before it
+    for parent in siblings:
+        turns.append(earlier.get(parent, 0))
+        earlier[parent] = turns[-1] + 1
+    turn_of_row = torch.tensor(turns, device=scores.device)
+    taken = torch.zeros(len(parents), scores.shape[-1], dtype=scores.dtype, device=scores.device)
+    chosen = torch.empty(len(siblings), dtype=torch.long, device=scores.device)
+    for turn in range(max(turns, default=-1) + 1):
+        rows = (turn_of_row == turn).nonzero().squeeze(1)
+        tokens = (allowed[rows] - penalty * taken[parent_of_row[rows]]).argmax(dim=-1)
+        chosen[rows] = tokens
+        taken.index_put_(
+            (parent_of_row[rows], tokens), torch.ones_like(tokens, dtype=scores.dtype), accumulate=True
+        )
+    return chosen, log_probs.gather(1, chosen[:, None]).squeeze(1)
+
+
+class _DiverseChildren(LogitsProcessor):
+    """`_diverse_greedy` for `generate` over one node's children (its rows, in child order): chooses
+    the running rows' tokens, forces `generate` to take them, and records their log-probs as
+    `_RowSampler` does. Rows whose sentence is done no longer count; `generate` pads them."""
+
+    def __init__(
+        self, penalty: float, never_sampled: Sequence[int], sentence_done: Callable[[list[int]], bool]
+    ):
+        self.penalty = penalty
+        self.never_sampled = never_sampled
+        self.sentence_done = sentence_done
+        self.tokens: list[list[int]] | None = None  # per row: the tokens chosen so far
+        self.chosen_logprobs: list[torch.Tensor] = []  # one (rows,) tensor per step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.tokens is None:
+            self.tokens = [[] for _ in range(len(scores))]
+        running = [
+            row for row, tokens in enumerate(self.tokens) if not (tokens and self.sentence_done(tokens))
+        ]
+        chosen, logprobs = _diverse_greedy(
+            scores[running], [0] * len(running), self.penalty, self.never_sampled
+        )
+        all_chosen = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+        all_logprobs = torch.zeros(len(scores), dtype=scores.dtype, device=scores.device)
+        all_chosen[running], all_logprobs[running] = chosen, logprobs
+        for row, token in zip(running, chosen.tolist(), strict=True):
+            self.tokens[row].append(token)
+        self.chosen_logprobs.append(all_logprobs)
+        forced = torch.full_like(scores, -math.inf)
+        return forced.scatter_(1, all_chosen[:, None], 0.0)
 
 
 class _SentenceEndCriteria(StoppingCriteria):
@@ -573,13 +670,20 @@ class _SharedCacheExpander:
         next_tokens = torch.zeros(len(rows), dtype=torch.long, device=self.model.device)
         while True:
             positions_decoding = torch.tensor(decoding, device=self.model.device)
-            chosen, chosen_logprobs = _next_tokens(
-                logits if len(decoding) == len(in_batch) else logits[positions_decoding],
-                [generators[in_batch[position]] for position in decoding],
-                self.params.temperature,
-                self.params.top_p,
-                self.never_sampled,
-            )
+            step_logits = logits if len(decoding) == len(in_batch) else logits[positions_decoding]
+            if self.params.diversity_penalty:
+                siblings = [rows[in_batch[position]][0].node_key for position in decoding]
+                chosen, chosen_logprobs = _diverse_greedy(
+                    step_logits, siblings, self.params.diversity_penalty, self.never_sampled
+                )
+            else:
+                chosen, chosen_logprobs = _next_tokens(
+                    step_logits,
+                    [generators[in_batch[position]] for position in decoding],
+                    self.params.temperature,
+                    self.params.top_p,
+                    self.never_sampled,
+                )
             next_tokens[positions_decoding] = chosen
             still_decoding = []
             for position, token, logprob in zip(
@@ -622,7 +726,7 @@ class _SharedCacheExpander:
         ]
 
     def _sentence_ended(self, tokens: list[int], budget: int) -> bool:
-        return tokens[-1] in self.eos_token_ids or len(tokens) == budget or self.sentence_end(tokens)
+        return _sentence_done(tokens, budget, self.eos_token_ids, self.sentence_end)
 
     def _assemble(self, parents: list[_Parent]) -> tuple[Cache, torch.Tensor]:
         """A cache row per parent (its prompt's KV, then its path's segments), left-padded; and its mask."""
@@ -695,12 +799,19 @@ class _OneNodeExpander:
             self.stats.prompt_tokens += prompt_length
         inputs = _with_response(inputs, parent.response_ids)
         children = self.params.children
-        generators = [_row_generator(self.request.seed, *parent.branch, j) for j in range(children)]
-        sampler = _RowSampler(generators, self.params.temperature, self.params.top_p, self.never_sampled)
+        budget = _sentence_budget(parent, self.params)
+        if self.params.diversity_penalty:
+            eos_token_ids = set(self.backend.eos_token_ids.tolist())
+            sampler = _DiverseChildren(
+                self.params.diversity_penalty,
+                self.never_sampled,
+                lambda tokens: _sentence_done(tokens, budget, eos_token_ids, self.sentence_end),
+            )
+        else:
+            generators = [_row_generator(self.request.seed, *parent.branch, j) for j in range(children)]
+            sampler = _RowSampler(generators, self.params.temperature, self.params.top_p, self.never_sampled)
         stop = _SentenceEndCriteria(self.sentence_end, inputs["input_ids"].shape[1])
-        generated, logprobs, finishes = self.backend._sample_rows(
-            inputs, sampler, children, _sentence_budget(parent, self.params), stop
-        )
+        generated, logprobs, finishes = self.backend._sample_rows(inputs, sampler, children, budget, stop)
         self.stats.vision_encoder_calls += 1
         self.stats.images_encoded += len(self.request.images)
         # generate repeats the prefix for every child, then forwards every row at every step but the last.

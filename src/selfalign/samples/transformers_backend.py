@@ -298,12 +298,15 @@ class TransformersBackend:
     def _sample_rows(
         self,
         inputs: BatchFeature,
-        sampler: _RowSampler,
+        sampler: LogitsProcessor,
         num_return_sequences: int,
         max_new_tokens: int,
         stop: StoppingCriteria | None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, FinishReason]]]:
-        """One `generate` call: per row the generated tokens, their log-probs and (length, finish reason)."""
+        """One `generate` call: per row the generated tokens, their log-probs and (length, finish reason).
+
+        `sampler` chooses every token and records its log-prob in `chosen_logprobs` (`_RowSampler`).
+        """
         prompt_length = inputs["input_ids"].shape[1]
         recorder = _FinishRecorder(prompt_length, self.eos_token_ids, stop)
         config = GenerationConfig(
