@@ -1,6 +1,7 @@
 """CSR's sentence-tree search: the batched search on reused KV caches vs the one-node-at-a-time reference.
 
     python bench/tree_search.py [--family llava] [--prompts 16] [--batch-size 16] [--threads N]
+                                [--diversity-penalty 3.0]
 
 Builds a tiny random VLM of the tiny zoo (size preset "shapes" by default) and a tiny CLIP, renders
 shapes-world scenes, and searches one tree per scene with `search_trees` (batched) and with
@@ -193,6 +194,12 @@ def main() -> None:
     parser.add_argument("--max-sentence-tokens", type=int, default=16)
     parser.add_argument("--max-total-tokens", type=int, default=64)
     parser.add_argument(
+        "--diversity-penalty",
+        type=float,
+        default=0.0,
+        help="> 0: diverse greedy children (the released code's way) instead of sampled ones",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=None, help="where to build the models (default: temp)"
     )
     args = parser.parse_args()
@@ -207,8 +214,9 @@ def main() -> None:
         max_depth=args.max_depth,
         max_sentence_tokens=args.max_sentence_tokens,
         max_total_tokens=args.max_total_tokens,
-        temperature=1.0,
+        temperature=0.0 if args.diversity_penalty else 1.0,
         top_p=1.0,
+        diversity_penalty=args.diversity_penalty,
         sentence_ends=(".", "!", "?", "e"),
     )
     with tempfile.TemporaryDirectory() as temp:
@@ -266,6 +274,7 @@ def main() -> None:
             "max_total_tokens": params.max_total_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
+            "diversity_penalty": params.diversity_penalty,
         },
         "sentence_ends": list(params.sentence_ends),
         "trees": tree_shape(batched.trees),
