@@ -78,9 +78,10 @@ step: memory grows with live nodes x children x context length; `batch_size` bou
 
 Beyond the minimum (each distinct prompt token once, each generated token once), only the prompt
 padding of the first forward pass and the steps of done rows still in the batch are processed (and
-a sentence's last token is forwarded only if its node is expanded). `TreeSearchStats` counts it. `search_trees_one_node_at_a_time` is the
-original's way, kept as the reference: for each prompt and live node, one `generate` over images +
-prompt + the node's response, re-encoding the image and the whole prefix for every node.
+a sentence's last token is forwarded only if its node is expanded); `TreeSearchStats` counts it.
+`search_trees_one_node_at_a_time` is the original's way, kept as the reference: for each prompt
+and live node, one `generate` over images + prompt + the node's response, re-encoding the image and
+the whole prefix for every node.
 """
 
 from __future__ import annotations
@@ -692,7 +693,7 @@ class _SharedCacheExpander:
                 row = in_batch[position]
                 tokens[row].append(token)
                 logprobs[row].append(logprob)
-                if self._sentence_ended(tokens[row], budgets[row]):
+                if _sentence_done(tokens[row], budgets[row], self.eos_token_ids, self.sentence_end):
                     parent, j = rows[row]
                     self.segments[(parent.prompt_index, parent.branch + (j,))] = [
                         (
@@ -724,9 +725,6 @@ class _SharedCacheExpander:
             _Sentence(tuple(row_tokens), sum(row_logprobs))
             for row_tokens, row_logprobs in zip(tokens, logprobs, strict=True)
         ]
-
-    def _sentence_ended(self, tokens: list[int], budget: int) -> bool:
-        return _sentence_done(tokens, budget, self.eos_token_ids, self.sentence_end)
 
     def _assemble(self, parents: list[_Parent]) -> tuple[Cache, torch.Tensor]:
         """A cache row per parent (its prompt's KV, then its path's segments), left-padded; and its mask."""
