@@ -4,6 +4,7 @@ Each test creates its own repos (uuid suffix): the server lives for the whole se
 """
 
 import hashlib
+import http.client
 import re
 import signal
 import socket
@@ -342,9 +343,14 @@ def test_command_line_server_prints_settings_and_stops_on_ctrl_c(tmp_path):
         assert f"export HF_ENDPOINT=http://127.0.0.1:{port}\n" in [line.lstrip() for line in banner]
         assert any("HF_HUB_DISABLE_XET=1" in line for line in banner)
         assert HfApi(endpoint=f"http://127.0.0.1:{port}", token="any").whoami()["name"] == "selfalign-tester"
+        # A client keeping its connection alive, as the Hub clients' pools do, must not hold Ctrl+C.
+        kept_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        kept_alive.request("GET", "/api/whoami-v2", headers={"authorization": "Bearer any"})
+        assert kept_alive.getresponse().read()
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+        kept_alive.close()
     assert (tmp_path / "repos").is_dir()
 
 
