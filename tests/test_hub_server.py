@@ -338,13 +338,13 @@ def test_command_line_server_prints_settings_and_stops_on_ctrl_c(tmp_path):
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "selfalign.hub_server", "--port", str(port), "--data-dir", str(tmp_path)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    # A client keeping its connection alive, as the Hub clients' pools do, must not hold Ctrl+C.
+    kept_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         banner = [process.stdout.readline() for _ in range(5)]
         assert f"export HF_ENDPOINT=http://127.0.0.1:{port}\n" in [line.lstrip() for line in banner]
         assert any("HF_HUB_DISABLE_XET=1" in line for line in banner)
         assert HfApi(endpoint=f"http://127.0.0.1:{port}", token="any").whoami()["name"] == "selfalign-tester"
-        # A client keeping its connection alive, as the Hub clients' pools do, must not hold Ctrl+C.
-        kept_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         kept_alive.request("GET", "/api/whoami-v2", headers={"authorization": "Bearer any"})
         assert kept_alive.getresponse().read()
     finally:
