@@ -30,6 +30,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
+from selfalign.commands import setup_logging
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
 from selfalign.images import ImageSourceArguments, Rejection, open_source
@@ -173,7 +174,7 @@ def _description(args: CsrArguments, dropped: Counter, truncated: int, num_proce
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe((ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments)))
     except SelfAlignError as error:

@@ -8,7 +8,6 @@ deduplicated image dataset in Hub layout, published when asked. The first stage 
 Every rejected input is listed with its reason in <output_dir>/rejects.jsonl and counted in the card.
 """
 
-import logging
 import sys
 
 from datasets import Features, Image, Value
@@ -20,6 +19,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
+from selfalign.commands import setup_logging
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
 from selfalign.images import (
@@ -97,7 +97,7 @@ def main(source_args: ImageSourceArguments, build_args: BuildArguments) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe((ImageSourceArguments, BuildArguments)))
     except SelfAlignError as error:

@@ -7,7 +7,6 @@ The same dataset comes out whatever the number of processes or the batch size: e
 with its own seed. A killed run restarted with the same command resumes from its finished shards.
 """
 
-import logging
 import sys
 
 from datasets import Features, Image, List, Value
@@ -23,6 +22,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
+from selfalign.commands import setup_logging
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
 from selfalign.images import ImageSourceArguments, open_source
@@ -100,7 +100,7 @@ def main(
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe((ImageSourceArguments, PolicySamplingArguments, BuildArguments)))
     except SelfAlignError as error:

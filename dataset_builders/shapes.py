@@ -20,7 +20,6 @@ Kinds with one image per row name it `image`, with `instruction`/`reference`, so
 an image source (`dataset_name: <folder>`) for the sampling and pair builders.
 """
 
-import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -36,6 +35,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
+from selfalign.commands import setup_logging
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
 from selfalign.images import compute_content_hash, row_id
@@ -222,7 +222,7 @@ def main(args: ShapesWorldArguments, build_args: BuildArguments) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe((ShapesWorldArguments, BuildArguments)))
     except SelfAlignError as error:

@@ -10,7 +10,6 @@ short table, also printed) and generations.jsonl (what the model wrote) into `ou
 are `selfalign.evaluation.evaluate_model`.
 """
 
-import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pathlib import Path
 # the import path and `import evaluate` would find this file. Drop the folder before importing.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
+from selfalign.commands import setup_logging  # noqa: E402
 from selfalign.config import parse_recipe  # noqa: E402
 from selfalign.errors import SelfAlignError  # noqa: E402
 from selfalign.evaluation import EvaluationArguments, evaluate_model, markdown_report  # noqa: E402
@@ -33,7 +33,7 @@ def main(args: EvaluationArguments) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe(RECIPE_DATACLASSES))
     except SelfAlignError as error:

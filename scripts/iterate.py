@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from selfalign.commands import run_entry_point
+from selfalign.commands import run_entry_point, setup_logging
 from selfalign.comparison import comparison_markdown
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
@@ -270,7 +270,7 @@ def main(args: IterateArguments) -> str:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe((IterateArguments,)))
     except SelfAlignError as error:

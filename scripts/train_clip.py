@@ -31,6 +31,7 @@ from datasets import load_dataset
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import CLIPModel, CLIPProcessor
 
+from selfalign.commands import setup_logging
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
 from selfalign.publish.hub import check_can_push, push_folder
@@ -314,7 +315,7 @@ def main(args: ClipTrainingArguments) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     try:
         main(*parse_recipe((ClipTrainingArguments,)))
     except SelfAlignError as error:
