@@ -349,7 +349,8 @@ def test_command_line_server_prints_settings_and_stops_on_ctrl_c(tmp_path):
         assert kept_alive.getresponse().read()
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        # Generous: with other jobs holding both cores, the exit took over 10 s twice.
+        assert process.wait(timeout=60) == 0
         kept_alive.close()
     assert (tmp_path / "repos").is_dir()
 
