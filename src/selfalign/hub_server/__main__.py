@@ -2,7 +2,7 @@
 
 import argparse
 import logging
-import time
+import threading
 
 from .server import HubServer
 
@@ -24,10 +24,7 @@ def main() -> None:
     print("  export HF_TOKEN=hf_offline    # any non-empty token; writes are refused without one")
     print("Press Ctrl+C to stop.", flush=True)
     try:
-        # Timed waits, not one endless wait: Ctrl+C can be delivered to a server thread, and the main
-        # thread, which alone runs Python's signal handlers, notices it only when it wakes up.
-        while True:
-            time.sleep(0.2)
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:
