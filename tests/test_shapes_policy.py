@@ -75,6 +75,8 @@ def test_trained_policy_names_true_objects_where_the_untrained_one_says_nothing(
     assert written["recipe"]["eval_dataset"] == str(tiny_world["eval"])
     table = (tmp_path / "trained_eval" / "report.md").read_text()
     assert "| CHAIR_i | CHAIR_s |" in table and "| adversarial |" in table
+    kinds = written["captions"]["hallucinations_by_kind"]
+    assert "| count | " + " | ".join(str(count) for count in kinds.values()) + " |" in table
 
     before, after = untrained["captions"], trained["captions"]
     # Untrained: nothing checkable, so its CHAIR_i (0 of 0 mentions) says nothing.

@@ -247,9 +247,9 @@ def markdown_report(report: dict) -> str:
     kinds = caption["hallucinations_by_kind"]
     lines += [
         "",
-        "| wrong mentions: " + " | ".join(kinds) + " |",
-        "|---|" + "---|" * (len(kinds) - 1),
-        "| " + " | ".join(str(count) for count in kinds.values()) + " |",
+        "| hallucinated mentions | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+        "| count | " + " | ".join(str(count) for count in kinds.values()) + " |",
     ]
     return "\n".join(lines) + "\n"
 
