@@ -11,6 +11,10 @@ each child is ranked among its siblings by self-score and by CLIP score, a path 
 (`selfalign.methods.csr`). Trees without a usable pair are counted as rejections, with the reason.
 The same dataset comes out whatever the number of processes or the batch size, and a killed run
 restarted with the same command resumes from its finished shards.
+
+On shapes-world scenes, `--scorer scene_truth` scores sentences by each scene's known objects in CLIP's
+place: an oracle ablation that shows how far CSR gets when its scorer never errs
+(`selfalign.scores.scene_truth`).
 """
 
 import logging
@@ -39,7 +43,13 @@ from selfalign.pairs import NO_PAIR_REASONS, NoPair
 from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
 from selfalign.samples import TreeSearchStats, search_trees
-from selfalign.scores import DROP_REASONS
+from selfalign.scores import DROP_REASONS, SCENE_TRUTH_SCORER
+
+# What the *_clip_score columns hold, by scorer.
+SCORE_NAMES = {
+    "clip": "CLIP score (logit scale x cosine)",
+    "scene_truth": "scene-truth score (true object mentions minus false ones; an oracle in CLIP's place)",
+}
 
 FEATURES = Features(
     {
@@ -76,7 +86,8 @@ def main(
     source = open_source(source_args)
     _, num_processes, state = process_rank()
     backend = policy_args.backend(device=str(state.device))
-    scorer = csr_args.scorer(device=str(state.device))
+    scorer = csr_args.sentence_scorer(source_args, device=str(state.device))
+    scorer_model = model_reference(csr_args.clip_model) if csr_args.scorer == "clip" else SCENE_TRUTH_SCORER
     tree_params = csr_args.tree_params()
     search_stats, scoring = TreeSearchStats(), TreeScoring()
     fusion = f"{csr_args.fusion} (clip_weight {csr_args.clip_weight})"
@@ -101,7 +112,7 @@ def main(
                     "method": "csr",
                     "iteration": csr_args.iteration,
                     "policy_model": model_reference(policy_args.policy_model),
-                    "scorer_model": model_reference(csr_args.clip_model),
+                    "scorer_model": scorer_model,
                     "fusion": fusion,
                     "chosen_score": pair.chosen_score,
                     "rejected_score": pair.rejected_score,
@@ -122,24 +133,25 @@ def main(
         return
     logging.getLogger("selfalign").info(
         "tree search: %d vision encoder calls for %d images; forward tokens %.2fx the minimum; "
-        "%d sentences dropped by cleaning %s; CLIP: %d images encoded, %d sentences (%d truncated)",
+        "%d sentences dropped by cleaning %s; %s scorer: %d images, %d sentences (%d truncated)",
         search_stats.vision_encoder_calls,
         search_stats.images_encoded,
         search_stats.forward_token_ratio,
         sum(scoring.dropped.values()),
         dict(scoring.dropped),
+        csr_args.scorer,
         scorer.stats.images_encoded,
         scorer.stats.sentences_encoded,
         scorer.stats.sentences_truncated,
     )
+    models = {"policy": f"{backend.model_name_or_path}@{backend.revision}"}
+    if csr_args.scorer == "clip":  # the scene truth is a program, described in the text
+        models["scorer"] = f"{scorer.model_name_or_path}@{scorer.revision}"
     card = DatasetCardInfo(
         pretty_name="CSR preference pairs",
         builder="dataset_builders/csr_pairs.py",
         recipe=recipe_values(source_args, policy_args, csr_args, build_args),
-        models={
-            "policy": f"{backend.model_name_or_path}@{backend.revision}",
-            "scorer": f"{scorer.model_name_or_path}@{scorer.revision}",
-        },
+        models=models,
         method="csr",
         rejections=dict(result.rejections),
         rejection_reasons=NO_PAIR_REASONS,
@@ -147,7 +159,7 @@ def main(
         description=_description(csr_args, scoring.dropped, scorer.stats.sentences_truncated, num_processes),
         score_columns=("chosen_clip_score", "rejected_clip_score"),
         score_note=(
-            "The histograms and statistics below are of the mean CLIP score (logit scale x cosine) of the "
+            f"The histograms and statistics below are of the mean {SCORE_NAMES[csr_args.scorer]} of the "
             "chosen and rejected responses' sentences. `chosen_score` / `rejected_score` hold the fused "
             f"path scores ({csr_args.fusion} fusion)."
         ),
@@ -160,16 +172,20 @@ def _description(args: CsrArguments, dropped: Counter, truncated: int, num_proce
         f"{reason} ({DROP_REASONS[reason]}): {count}" for reason, count in sorted(dropped.items())
     )
     counted_on = f" (counted on process 0 of {num_processes})" if num_processes > 1 else ""
+    truncation = (
+        f" Sentences truncated to CLIP's text length{counted_on}: {truncated}."
+        if args.scorer == "clip"
+        else ""
+    )
     return (
         f"Iteration {args.iteration} of Calibrated Self-Rewarding (CSR). For each prompt the policy grew a "
         f"sentence-level tree ({args.children} children per node, {args.children_description()}; "
         f"after each depth the top {args.keep_top} and bottom {args.keep_bottom} unfinished nodes by self-score "
         f"kept; at most {args.max_depth} sentences and {args.max_total_tokens} tokens). A node's self-score is "
-        f"its parent's plus the mean log-prob of its sentence; every sentence was scored by CLIP against the "
-        f"image. Pairs: chosen = best path, rejected = worst, by {args.fusion_description()}. "
+        f"its parent's plus the mean log-prob of its sentence; every sentence was scored "
+        f"{args.scorer_description()}. Pairs: chosen = best path, rejected = worst, by {args.fusion_description()}. "
         f"Sentences dropped by the released cleaning rules, with their subtrees{counted_on}: "
-        f"{sum(dropped.values())}" + (f" ({drops})" if drops else "") + ". Sentences truncated to CLIP's "
-        f"text length{counted_on}: {truncated}."
+        f"{sum(dropped.values())}" + (f" ({drops})" if drops else "") + "." + truncation
     )
 
 

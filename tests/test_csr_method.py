@@ -69,3 +69,6 @@ def test_bad_csr_settings_stop_before_any_model_loads():
         CsrArguments(clip_model="x", clip_weight=1.5)
     with pytest.raises(SelfAlignError):
         CsrArguments(clip_model="x", children=0)
+    with pytest.raises(SelfAlignError, match="clip_model is required"):
+        CsrArguments()
+    assert CsrArguments(scorer="scene_truth").clip_model is None  # the oracle needs no CLIP

@@ -17,17 +17,27 @@ from typing import Literal
 from PIL import Image
 
 from selfalign.errors import SelfAlignError
+from selfalign.images import ImageSourceArguments
 from selfalign.pairs import FusionParams, NoPair, PathPair, ScoredNode, select_pair
 from selfalign.samples import SentenceTree, TreeSearchParams
-from selfalign.scores import ClipScorer, SentenceCleaning, clean_sentence
+from selfalign.scores import ClipScorer, SceneTruthScorer, SentenceCleaning, clean_sentence
+
+SentenceScorer = ClipScorer | SceneTruthScorer
 
 
 @dataclass
 class CsrArguments:
     """Recipe keys of CSR's pair construction: the tree search, the CLIP scorer, cleaning and fusion."""
 
-    clip_model: str = field(
-        metadata={"help": "Hub id or folder of the CLIP that scores sentences against images."}
+    clip_model: str | None = field(
+        default=None, metadata={"help": "Hub id or folder of the CLIP that scores sentences against images."}
+    )
+    scorer: Literal["clip", "scene_truth"] = field(
+        default="clip",
+        metadata={
+            "help": "clip: CSR's CLIP scores; scene_truth: an oracle ablation for the shapes world, each "
+            "sentence scored by its scene's objects (the images must be a shapes eval build's dataset_name)."
+        },
     )
     clip_revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of the CLIP."})
     clip_batch_size: int = field(default=64, metadata={"help": "Images or sentences per CLIP forward pass."})
@@ -81,6 +91,8 @@ class CsrArguments:
     def __post_init__(self) -> None:
         if self.iteration < 1:
             raise SelfAlignError(f"iteration counts from 1, got {self.iteration}")
+        if self.scorer == "clip" and not self.clip_model:
+            raise SelfAlignError("clip_model is required: the CLIP that scores the sentences")
         # Built once here, so a bad value stops the run before any model loads.
         self.tree_params()
         self.fusion_params()
@@ -120,9 +132,25 @@ class CsrArguments:
             min_chars=self.min_sentence_chars,
         )
 
-    def scorer(self, device: str | None = None) -> ClipScorer:
-        return ClipScorer(
-            self.clip_model, revision=self.clip_revision, batch_size=self.clip_batch_size, device=device
+    def sentence_scorer(self, images: ImageSourceArguments, device: str | None = None) -> SentenceScorer:
+        """The CLIP scorer; or, for `scorer: scene_truth`, the truth of the scenes `images` reads."""
+        if self.scorer == "clip":
+            return ClipScorer(
+                self.clip_model, revision=self.clip_revision, batch_size=self.clip_batch_size, device=device
+            )
+        if not images.dataset_name:
+            raise SelfAlignError(
+                "scorer: scene_truth scores the scenes of a dataset_name source (a shapes-world eval build "
+                "with an objects column), not images from a folder or a manifest"
+            )
+        return SceneTruthScorer(images.dataset_name, images.dataset_split, images.image_column)
+
+    def scorer_description(self) -> str:
+        if self.scorer == "clip":
+            return "by CLIP against the image"
+        return (
+            "by the scene's truth in CLIP's place (an oracle ablation: the sentence's true object mentions "
+            "minus its false ones)"
         )
 
     def fusion_description(self) -> str:
@@ -146,7 +174,7 @@ class TreeScoring:
 
 
 def score_trees(
-    scorer: ClipScorer,
+    scorer: SentenceScorer,
     cleaning: SentenceCleaning,
     images: Sequence[Image.Image],
     trees: Sequence[SentenceTree],
@@ -202,7 +230,7 @@ def score_trees(
 
 
 def pairs_from_trees(
-    scorer: ClipScorer,
+    scorer: SentenceScorer,
     args: CsrArguments,
     images: Sequence[Image.Image],
     trees: Sequence[SentenceTree],

@@ -42,12 +42,24 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ClipScoreStats:
-    """Running totals over every `score` call of one scorer."""
+class ScorerStats:
+    """Running totals over every `score` call of one scorer (images looked at, sentences scored)."""
 
     images_encoded: int = 0
     sentences_encoded: int = 0
     sentences_truncated: int = 0
+
+
+def check_sentence_groups(images: Sequence[Image.Image], sentences: Sequence[Sequence[str]]) -> None:
+    """A scorer's input: one list of sentences per image."""
+    if len(images) != len(sentences):
+        raise SelfAlignError(
+            f"score needs one list of sentences per image, got {len(images)} images and "
+            f"{len(sentences)} sentence lists"
+        )
+    for i, group in enumerate(sentences):
+        if isinstance(group, str):  # a bare string would be scored character by character
+            raise SelfAlignError(f"sentences[{i}] must be a list of sentences, got the string {group!r}")
 
 
 class ClipScorer:
@@ -74,19 +86,12 @@ class ClipScorer:
             ) from error
         self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
         self.max_text_tokens = self.model.config.text_config.max_position_embeddings
-        self.stats = ClipScoreStats()
+        self.stats = ScorerStats()
 
     @torch.inference_mode()
     def score(self, images: Sequence[Image.Image], sentences: Sequence[Sequence[str]]) -> list[list[float]]:
         """For each image i, the CLIP score of each of `sentences[i]` against it, in the order given."""
-        if len(images) != len(sentences):
-            raise SelfAlignError(
-                f"score needs one list of sentences per image, got {len(images)} images and "
-                f"{len(sentences)} sentence lists"
-            )
-        for i, group in enumerate(sentences):
-            if isinstance(group, str):  # a bare string would be scored character by character
-                raise SelfAlignError(f"sentences[{i}] must be a list of sentences, got the string {group!r}")
+        check_sentence_groups(images, sentences)
         # Only images with sentences are encoded, each distinct image object once.
         rows = [row for row, group in enumerate(sentences) if group]
         if not rows:
