@@ -45,6 +45,7 @@ from selfalign.publish.hub import check_can_push
 from selfalign.samples import TreeSearchStats, search_trees
 from selfalign.scores import DROP_REASONS, SCENE_TRUTH_SCORER
 
+TRUNCATED = "truncated"  # shard tally: sentences cut to the scorer's text length (the others: DROP_REASONS)
 # What the *_clip_score columns hold, by scorer.
 SCORE_NAMES = {
     "clip": "CLIP score (logit scale x cosine)",
@@ -84,12 +85,12 @@ def main(
     if not source_args.prompt_set:
         source_args.prompt_set = "describe"  # CSR's prompts are 'describe the image' style
     source = open_source(source_args)
-    _, num_processes, state = process_rank()
+    _, _, state = process_rank()
     backend = policy_args.backend(device=str(state.device))
     scorer = csr_args.sentence_scorer(source_args, device=str(state.device))
     scorer_model = model_reference(csr_args.clip_model) if csr_args.scorer == "clip" else SCENE_TRUTH_SCORER
     tree_params = csr_args.tree_params()
-    search_stats, scoring = TreeSearchStats(), TreeScoring()
+    search_stats = TreeSearchStats()
     fusion = f"{csr_args.fusion} (clip_weight {csr_args.clip_weight})"
 
     def process_shard(items) -> ShardOutput:
@@ -97,7 +98,10 @@ def main(
         output = ShardOutput(rows=[], sources=[], rejections=prompted.rejections)
         accepted, instructions, ids = prompted.images, prompted.instructions, prompted.ids
         trees = search_trees(backend, prompted.requests, tree_params, search_stats)
+        scoring, truncated_before = TreeScoring(), scorer.stats.sentences_truncated
         pairs = pairs_from_trees(scorer, csr_args, [loaded.image for loaded in accepted], trees, scoring)
+        output.counts.update(scoring.dropped)  # sentences dropped by cleaning, per reason
+        output.counts[TRUNCATED] = scorer.stats.sentences_truncated - truncated_before
         for loaded, text, rid, tree, pair in zip(accepted, instructions, ids, trees, pairs, strict=True):
             if isinstance(pair, NoPair):
                 output.rejections.append(Rejection(loaded.item.source, pair.reason, pair.detail))
@@ -131,18 +135,24 @@ def main(
     result = run_sharded_build(source.items(), process_shard, FEATURES, build_args, settings=settings)
     if result is None:  # not the main process
         return
+    # This process's work in this run (a resumed run skips finished shards, other processes have theirs).
     logging.getLogger("selfalign").info(
         "tree search: %d vision encoder calls for %d images; forward tokens %.2fx the minimum; "
-        "%d sentences dropped by cleaning %s; %s scorer: %d images, %d sentences (%d truncated)",
+        "%s scorer: %d images, %d sentences",
         search_stats.vision_encoder_calls,
         search_stats.images_encoded,
         search_stats.forward_token_ratio,
-        sum(scoring.dropped.values()),
-        dict(scoring.dropped),
         csr_args.scorer,
         scorer.stats.images_encoded,
         scorer.stats.sentences_encoded,
-        scorer.stats.sentences_truncated,
+    )
+    # Every shard's tallies, whichever process or run built it.
+    dropped = Counter({reason: count for reason, count in result.counts.items() if reason in DROP_REASONS})
+    logging.getLogger("selfalign").info(
+        "%d sentences dropped by cleaning %s; %d truncated to the scorer's text length",
+        sum(dropped.values()),
+        dict(dropped),
+        result.counts[TRUNCATED],
     )
     models = {"policy": f"{backend.model_name_or_path}@{backend.revision}"}
     if csr_args.scorer == "clip":  # the scene truth is a program, described in the text
@@ -156,7 +166,7 @@ def main(
         rejections=dict(result.rejections),
         rejection_reasons=NO_PAIR_REASONS,
         tags=("csr",),
-        description=_description(csr_args, scoring.dropped, scorer.stats.sentences_truncated, num_processes),
+        description=_description(csr_args, dropped, result.counts[TRUNCATED]),
         score_columns=("chosen_clip_score", "rejected_clip_score"),
         score_note=(
             f"The histograms and statistics below are of the mean {SCORE_NAMES[csr_args.scorer]} of the "
@@ -167,16 +177,11 @@ def main(
     publish_build(result, build_args, card)
 
 
-def _description(args: CsrArguments, dropped: Counter, truncated: int, num_processes: int) -> str:
+def _description(args: CsrArguments, dropped: Counter, truncated: int) -> str:
     drops = "; ".join(
         f"{reason} ({DROP_REASONS[reason]}): {count}" for reason, count in sorted(dropped.items())
     )
-    counted_on = f" (counted on process 0 of {num_processes})" if num_processes > 1 else ""
-    truncation = (
-        f" Sentences truncated to CLIP's text length{counted_on}: {truncated}."
-        if args.scorer == "clip"
-        else ""
-    )
+    truncation = f" Sentences truncated to CLIP's text length: {truncated}." if args.scorer == "clip" else ""
     return (
         f"Iteration {args.iteration} of Calibrated Self-Rewarding (CSR). For each prompt the policy grew a "
         f"sentence-level tree ({args.children} children per node, {args.children_description()}; "
@@ -184,7 +189,7 @@ def _description(args: CsrArguments, dropped: Counter, truncated: int, num_proce
         f"kept; at most {args.max_depth} sentences and {args.max_total_tokens} tokens). A node's self-score is "
         f"its parent's plus the mean log-prob of its sentence; every sentence was scored "
         f"{args.scorer_description()}. Pairs: chosen = best path, rejected = worst, by {args.fusion_description()}. "
-        f"Sentences dropped by the released cleaning rules, with their subtrees{counted_on}: "
+        "Sentences dropped by the released cleaning rules, with their subtrees: "
         f"{sum(dropped.values())}" + (f" ({drops})" if drops else "") + "." + truncation
     )
 

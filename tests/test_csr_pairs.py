@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import pytest
 from datasets import load_dataset
@@ -73,6 +74,25 @@ def test_same_pairs_whatever_the_batch_size(built, image_folder, tiny_model_dirs
     one_by_one = load_dataset(str(other), split="train").select_columns(columns).to_list()
     assert [row["id"] for row in one_by_one] == [row["id"] for row in batched]
     assert sum(a == b for a, b in zip(one_by_one, batched, strict=True)) >= len(batched) - 2
+
+
+def test_a_resumed_build_counts_what_every_shard_dropped(
+    built, image_folder, tiny_model_dirs, tiny_clip_dir, tmp_path
+):
+    """The card's cleaning tallies cover every shard, not only those the resumed run built."""
+    output, _ = built
+    resumed = tmp_path / "resumed"
+    shutil.copytree(output / "shards", resumed / "shards")
+    (resumed / "shards" / "shard-00000.parquet").unlink()  # the run was killed before shard 0 finished
+    run_builder("csr_pairs", *csr_args(image_folder, tiny_model_dirs, tiny_clip_dir, resumed))
+
+    def dropped(folder) -> int:
+        card = (folder / "README.md").read_text()
+        return int(re.search(r"cleaning rules, with their subtrees: (\d+)", card).group(1))
+
+    redone = json.loads((resumed / "shards" / "shard-00000.counts.json").read_text())
+    assert dropped(output) > sum(count for reason, count in redone.items() if reason != "truncated")
+    assert dropped(resumed) == dropped(output)
 
 
 def test_trees_without_a_pair_are_rejected_with_their_reason(

@@ -72,11 +72,14 @@ class BuildArguments:
 @dataclass
 class ShardOutput:
     """What processing one shard produced, in input order: accepted rows with the input each came
-    from (`sources`, kept beside the shard to report duplicates), and rejected inputs."""
+    from (`sources`, kept beside the shard to report duplicates), and rejected inputs; plus the
+    builder's own tallies (`counts`, e.g. sentences dropped), kept beside the shard so that the
+    totals cover every shard, whichever process or earlier run built it."""
 
     rows: list[dict[str, Any]]
     sources: list[str]
     rejections: list[Rejection]
+    counts: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class BuildResult:
     shard_files: list[Path]  # the merged dataset's parts, in order (duplicates removed)
     num_rows: int
     rejections: Counter
+    counts: Counter  # the shards' `counts`, summed
 
 
 def process_rank() -> tuple[int, int, PartialState]:
@@ -197,11 +201,16 @@ def _sources_path(shards_dir: Path, shard: int) -> Path:
     return shards_dir / f"shard-{shard:05d}.sources.json"
 
 
+def _counts_path(shards_dir: Path, shard: int) -> Path:
+    return shards_dir / f"shard-{shard:05d}.counts.json"
+
+
 def _write_shard(shards_dir: Path, shard: int, output: ShardOutput, features: Features) -> None:
     """Side files first, then the Parquet file, whose appearance marks the shard as finished."""
     rejects = "".join(_reject_line(rejection) for rejection in output.rejections)
     _atomic_write(_rejects_path(shards_dir, shard), lambda path: path.write_text(rejects))
     _atomic_write(_sources_path(shards_dir, shard), lambda path: path.write_text(json.dumps(output.sources)))
+    _atomic_write(_counts_path(shards_dir, shard), lambda path: path.write_text(json.dumps(output.counts)))
     rows = Dataset.from_list(output.rows, features=features) if output.rows else features_only(features)
     _atomic_write(_shard_path(shards_dir, shard), lambda path: rows.to_parquet(str(path)))
 
@@ -224,13 +233,14 @@ def _reject_line(rejection: Rejection) -> str:
 def _merge_shards(shards_dir: Path, num_shards: int, output_dir: Path) -> BuildResult:
     """Drop rows whose id appeared in an earlier shard (or earlier in the same one) and gather the rejects."""
     seen: set[str] = set()
-    parts, reasons, num_rows = [], Counter(), 0
+    parts, reasons, counts, num_rows = [], Counter(), Counter(), 0
     with open(output_dir / REJECTS_FILE, "w") as rejects_out:
         for shard in range(num_shards):
             path = _shard_path(shards_dir, shard)
             for line in _rejects_path(shards_dir, shard).read_text().splitlines():
                 rejects_out.write(line + "\n")
                 reasons[json.loads(line)["reason"]] += 1
+            counts.update(json.loads(_counts_path(shards_dir, shard).read_text()))
             ids = pq.read_table(path, columns=["id"])["id"].to_pylist()
             sources = json.loads(_sources_path(shards_dir, shard).read_text())
             keep = []
@@ -246,7 +256,7 @@ def _merge_shards(shards_dir: Path, num_shards: int, output_dir: Path) -> BuildR
                 path = _without_duplicates(path, keep)
             parts.append(path)
             num_rows += len(keep)
-    return BuildResult(output_dir, parts, num_rows, reasons)
+    return BuildResult(output_dir, parts, num_rows, reasons, counts)
 
 
 def _without_duplicates(path: Path, keep: list[int]) -> Path:
