@@ -31,6 +31,7 @@ BUILDER_RECIPES = {
 METHOD_RECIPES = {
     ("csr", "pairs"): (ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments),
     ("csr", "iterate"): (load_script("iterate").IterateArguments,),
+    ("csr", "iterate_scene_truth"): (load_script("iterate").IterateArguments,),
 }
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).
