@@ -131,7 +131,9 @@ def run_demo(output: Path) -> None:
         "--push_to_hub", "true", "--hub_dataset_id", SFT_DATA_ID)  # fmt: skip
     run(build, "--config", world, "--kind", "eval", "--split", "test", "--output_dir", f"{output}/world/eval",
         "--push_to_hub", "true", "--hub_dataset_id", EVAL_DATA_ID)  # fmt: skip
-    run(build, "--config", world, "--kind", "clip", "--output_dir", f"{output}/world/clip")
+    # The CLIP's own rows: 20,000 scenes, for its tower's supervised pretraining (recipes/shapes/clip.yaml).
+    run(build, "--config", world, "--kind", "clip", "--train_scenes", "20000",
+        "--output_dir", f"{output}/world/clip")  # fmt: skip
     run(build, "--config", world, "--kind", "clip", "--scene_split", "eval", "--split", "test",
         "--output_dir", f"{output}/world/clip_eval")  # fmt: skip
     # CSR's images and 'describe' prompts: training scenes, as recipes/shapes/csr/pairs.yaml says.

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         "--preset",
         choices=("tiny", "shapes"),
         default="tiny",
-        help="model size: tiny (tests) or shapes (the shapes-world policy, trained from scratch)",
+        help="model size: tiny (tests) or shapes (the shapes-world policy and CLIP, trained from scratch)",
     )
     parser.add_argument(
         "--vision-tower",
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         target = args.output_dir / name
         if name == CLIP:
-            folder = build_tiny_clip(target, seed=args.seed)
+            folder = build_tiny_clip(target, seed=args.seed, preset=args.preset)
         else:
             folder = build_tiny_model(
                 name, target, seed=args.seed, preset=args.preset, vision_tower=args.vision_tower

@@ -4,15 +4,18 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
+from datasets import load_dataset
 from helpers import REPO, load_script
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from selfalign.config import parse_recipe
+from selfalign.config import RecipeError, parse_recipe
 from selfalign.tiny_zoo import build_tiny_clip
 
 RETRIEVAL_KEYS = ("image_to_text_top1", "image_to_text_top5", "text_to_image_top1", "text_to_image_top5")
@@ -34,28 +37,29 @@ def build_clip_rows(output_dir, *overrides: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_training_improves_held_out_retrieval_and_publishes(tmp_path, hub_server):
+@pytest.fixture(scope="module")
+def clip_rows(tmp_path_factory) -> dict[str, Path]:
     # More scenes than the tiny world's default 24: held-out retrieval needs something to generalise from.
-    build_clip_rows(tmp_path / "train", "--train_scenes", "300")
-    build_clip_rows(tmp_path / "eval", "--scene_split", "eval", "--eval_scenes", "40", "--split", "test")
-    repo_id = f"tests/shapes-clip-{uuid.uuid4().hex[:8]}"
+    root = tmp_path_factory.mktemp("clip_rows")
+    build_clip_rows(root / "train", "--train_scenes", "300")
+    build_clip_rows(root / "eval", "--scene_split", "eval", "--eval_scenes", "40", "--split", "test")
+    return {"train": root / "train", "eval": root / "eval"}
+
+
+def clip_recipe(clip_rows, output_dir, *overrides: str):
     train_clip = load_script("train_clip")
     (args,) = parse_recipe(
         (train_clip.ClipTrainingArguments,),
-        [
-            "--config",
-            str(REPO / "recipes" / "tiny" / "clip.yaml"),
-            "--train_dataset",
-            str(tmp_path / "train"),
-            "--eval_dataset",
-            str(tmp_path / "eval"),
-            "--output_dir",
-            str(tmp_path / "clip"),
-            "--push_to_hub",
-            "true",
-            "--hub_model_id",
-            repo_id,
-        ],
+        ["--config", str(REPO / "recipes" / "tiny" / "clip.yaml"), "--train_dataset", str(clip_rows["train"]),
+         "--eval_dataset", str(clip_rows["eval"]), "--output_dir", str(output_dir), *overrides],
+    )  # fmt: skip
+    return train_clip, args
+
+
+def test_training_improves_held_out_retrieval_and_publishes(tmp_path, hub_server, clip_rows):
+    repo_id = f"tests/shapes-clip-{uuid.uuid4().hex[:8]}"
+    train_clip, args = clip_recipe(
+        clip_rows, tmp_path / "clip", "--push_to_hub", "true", "--hub_model_id", repo_id
     )
     train_clip.main(args)
 
@@ -124,3 +128,49 @@ def test_attribute_discrimination_counts_present_against_absent_rivals(tmp_path)
     # Colour rivals: red circle vs blue circle (won); blue square vs red square (won); red star vs
     # blue star (lost): 2 of 3.
     assert metrics == {"shape_discrimination": round(4 / 6, 4), "colour_discrimination": round(2 / 3, 4)}
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> list[str]:
+    return [name for name, value in module.state_dict().items() if not torch.equal(value, before[name])]
+
+
+def test_tower_pretraining_teaches_the_tower_then_the_locked_stage_trains_only_the_text_side(
+    tmp_path, clip_rows
+):
+    train_clip, args = clip_recipe(
+        clip_rows, tmp_path / "clip", "--tower_pretraining_steps", "80", "--lock_vision_tower", "true",
+        "--max_steps", "40",
+    )  # fmt: skip
+    model = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "initial"))
+    processor = CLIPProcessor.from_pretrained(tmp_path / "initial")
+    scenes = train_clip.encode_scenes(load_dataset(str(clip_rows["train"]), split="train"), processor)
+
+    initial = weights(model)
+    losses = train_clip.pretrain_tower(model, scenes, args)
+    assert len(losses) == 80 and sum(losses[-10:]) < sum(losses[:10]) - 1.0  # 10 steps: mean falls by 0.1
+    moved = changed(initial, model)
+    assert moved and all(name.startswith("vision_model.") for name in moved)  # the tower alone
+
+    pretrained = weights(model)
+    train_clip.train(model, processor, scenes, args)
+    moved = changed(pretrained, model)
+    assert not [name for name in moved if name.startswith("vision_model.")], "the locked tower moved"
+    assert any(name.startswith("text_model.") for name in moved)
+    assert "visual_projection.weight" in moved  # the image embedding's projection still learns
+
+    train_clip.main(args)  # the whole script with both stages
+    metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
+    assert metrics["tower_pretraining_loss_last_steps"] < metrics["tower_pretraining_loss_first_steps"]
+    assert "the vision tower locked (LiT)" in (tmp_path / "clip" / "README.md").read_text()
+
+
+def test_a_locked_tower_must_be_pretrained_and_the_preset_must_exist(tmp_path, clip_rows):
+    with pytest.raises(RecipeError, match="tower_pretraining_steps > 0"):
+        clip_recipe(clip_rows, tmp_path / "clip", "--lock_vision_tower", "true")
+    with pytest.raises(RecipeError, match="unknown preset 'huge'"):
+        clip_recipe(clip_rows, tmp_path / "clip", "--preset", "huge")
+    assert not (tmp_path / "clip").exists()

@@ -20,7 +20,7 @@ from transformers import (
 )
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from selfalign.tiny_zoo import BUILD_MARKER, FAMILIES, build_tiny_model
+from selfalign.tiny_zoo import BUILD_MARKER, FAMILIES, PRESETS, build_tiny_clip, build_tiny_model
 
 # What each family's template must render for: system, user (image + text), assistant, user (text),
 # then the generation prompt. These are the markers of the real checkpoints' formats.
@@ -365,3 +365,19 @@ def test_llava_starts_from_a_clip_vision_tower(tmp_path, tiny_clip_dir):
         build_tiny_model("qwen2_vl", tmp_path / "qwen", vision_tower=clip_dir)
     with pytest.raises(FileNotFoundError, match="no CLIP checkpoint"):
         build_tiny_model("llava", tmp_path / "llava2", vision_tower=tmp_path / "missing")
+
+
+def test_a_clip_fits_the_llava_of_its_own_size_preset_only(tmp_path):
+    clip_dir = build_tiny_clip(tmp_path / "clip", preset="shapes")
+    vision = CLIPModel.from_pretrained(clip_dir).config.vision_config
+    size = (vision.hidden_size, vision.num_hidden_layers)
+    assert size == (PRESETS["shapes"].clip_width, PRESETS["shapes"].clip_depth)
+    assert size != (PRESETS["tiny"].clip_width, PRESETS["tiny"].clip_depth)
+
+    folder = build_tiny_model("llava", tmp_path / "llava", preset="shapes", vision_tower=clip_dir)
+    tower = AutoModelForImageTextToText.from_pretrained(folder).model.vision_tower
+    assert tower.config.hidden_size == vision.hidden_size
+    with pytest.raises(ValueError, match="does not fit this model's vision tower"):
+        build_tiny_model("llava", tmp_path / "tiny_llava", vision_tower=clip_dir)
+    with pytest.raises(ValueError, match="Unknown size preset 'huge'"):
+        build_tiny_clip(tmp_path / "huge", preset="huge")

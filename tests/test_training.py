@@ -194,3 +194,31 @@ def test_weighted_mixture_of_local_datasets(tmp_path):
     from_second = [row["chosen"][0]["content"][0]["text"] for row in preference_dataset(num_rows=8, seed=2)]
     # Shares 3:1, capped so that no source is oversampled: all 8 of the first, round(8 / 3) of the second.
     assert chosen == from_first + from_second[:3]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_full_sft_with_a_frozen_vision_tower_trains_everything_else(
+    family, tiny_model_dirs, local_datasets, tmp_path
+):
+    output_dir = tmp_path / "out"
+    trainer, before = run_main("sft", [
+        "--config", str(REPO / "recipes" / "tiny" / "policy_sft.yaml"),
+        "--model_name_or_path", str(tiny_model_dirs[family]),
+        "--dataset_name", str(local_datasets["sft"]),
+        "--output_dir", str(output_dir),
+        "--freeze_vision_tower", "true",
+        "--max_steps", "2",
+        "--per_device_train_batch_size", "2",
+    ])  # fmt: skip
+    after = parameter_values(trainer.model)
+    tower_prefix = {"llava": "model.vision_tower.", "qwen2_vl": "model.visual."}[family]
+    tower = [name for name in after if name.startswith(tower_prefix)]
+    rest = [name for name in after if not name.startswith(tower_prefix)]
+    assert tower and rest
+    # Without the option, the tower's first layers move at this learning rate (test above).
+    moved = [name for name in tower if not torch.equal(after[name], before[name])]
+    assert not moved, f"vision tower weights that moved: {moved[:5]}"
+    language = [name for name in rest if "language_model" in name]
+    still = [name for name in language if torch.equal(after[name], before[name])]
+    assert language and not still, f"language model weights that did not move: {still[:5]}"
+    assert "freeze_vision_tower" in (output_dir / "README.md").read_text()

@@ -441,16 +441,18 @@ QWEN2_VL_CHAT_TEMPLATE = (
 
 
 # ---------------------------------------------------------------------------------------------
-# Sizes. Two presets: "tiny" (the default: text hidden 64 x 2 layers, vision width 32 x 2 blocks),
-# small enough for every test, and "shapes", a wider and deeper one for the shapes-world policy,
-# which must learn to caption from scratch in a few CPU minutes (recipes/shapes/policy_sft.yaml).
-# Images, patches and tokenizers are the same in both.
+# Sizes. Two presets: "tiny" (the default: text hidden 64 x 2 layers, Qwen vision width 32 x 2
+# blocks, CLIP vision width 32 x 3 layers), small enough for every test, and "shapes", a wider and
+# deeper one for the shapes-world policy, which must learn to caption from scratch in a few CPU
+# minutes (recipes/shapes/policy_sft.yaml), with a CLIP tower wide enough to tell shapes apart
+# (recipes/shapes/clip.yaml). Images, patches and tokenizers are the same in both.
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ModelSize:
-    """The sizes a preset sets: the text model's, and the Qwen vision tower's (LLaVA keeps the tiny CLIP)."""
+    """The sizes a preset sets: the text model's, the Qwen vision tower's and the CLIP vision tower's
+    (LLaVA's, and the tiny CLIP's image encoder)."""
 
     hidden_size: int
     intermediate_size: int
@@ -459,6 +461,9 @@ class ModelSize:
     num_key_value_heads: int
     vision_width: int
     vision_depth: int
+    clip_width: int
+    clip_depth: int
+    clip_heads: int
 
     def text_size(self) -> dict:
         return {
@@ -478,6 +483,9 @@ PRESETS: dict[str, ModelSize] = {
         num_key_value_heads=2,
         vision_width=32,
         vision_depth=2,
+        clip_width=32,
+        clip_depth=3,
+        clip_heads=2,
     ),
     "shapes": ModelSize(
         hidden_size=128,
@@ -487,6 +495,11 @@ PRESETS: dict[str, ModelSize] = {
         num_key_value_heads=2,
         vision_width=64,
         vision_depth=2,
+        # 32 x 3 could not tell shapes apart however trained (shape discrimination <= 0.75, see
+        # recipes/shapes/clip.yaml); 64 x 4 can, once pretrained on the scenes' objects.
+        clip_width=64,
+        clip_depth=4,
+        clip_heads=4,
     ),
 }
 DEFAULT_PRESET = "tiny"
@@ -508,13 +521,13 @@ def _token_ids(tokenizer, bos: str, eos: str, pad: str) -> dict[str, int]:
     return {name: tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()}
 
 
-def _clip_vision_config() -> CLIPVisionConfig:
-    # Three layers: LLaVA reads features from the second-to-last one (vision_feature_layer=-2).
+def _clip_vision_config(size: ModelSize) -> CLIPVisionConfig:
+    # At least three layers: LLaVA reads features from the second-to-last one (vision_feature_layer=-2).
     return CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
+        hidden_size=size.clip_width,
+        intermediate_size=2 * size.clip_width,
+        num_hidden_layers=size.clip_depth,
+        num_attention_heads=size.clip_heads,
         image_size=_CLIP_IMAGE_SIZE,
         patch_size=_PATCH_SIZE,
         projection_dim=32,
@@ -529,9 +542,9 @@ def _clip_image_processing() -> dict:
     }
 
 
-def _llava_config_kwargs(tokenizer) -> dict:
+def _llava_config_kwargs(tokenizer, size: ModelSize) -> dict:
     return {
-        "vision_config": _clip_vision_config(),
+        "vision_config": _clip_vision_config(size),
         "image_token_index": tokenizer.convert_tokens_to_ids("<image>"),
         "image_seq_length": (_CLIP_IMAGE_SIZE // _PATCH_SIZE) ** 2,
         "vision_feature_select_strategy": "default",
@@ -567,7 +580,7 @@ def _build_llava(seed: int, size: ModelSize) -> _Build:
         **size.text_size(),
         **token_ids,
     )
-    config = LlavaConfig(text_config=text_config, **_llava_config_kwargs(tokenizer), **token_ids)
+    config = LlavaConfig(text_config=text_config, **_llava_config_kwargs(tokenizer, size), **token_ids)
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config), processor, GenerationConfig(**token_ids)
 
@@ -597,7 +610,7 @@ def _build_llava_next(seed: int, size: ModelSize) -> _Build:
     config = LlavaNextConfig(
         text_config=text_config,
         image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS,
-        **_llava_config_kwargs(tokenizer),
+        **_llava_config_kwargs(tokenizer, size),
         **token_ids,
     )
     torch.manual_seed(seed)
@@ -760,6 +773,12 @@ def _build_into(output_dir: str | Path, spec: dict, write_files: Callable[[Path]
     return output_dir
 
 
+def _preset_size(preset: str) -> ModelSize:
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown size preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
 def build_tiny_model(
     family: str,
     output_dir: str | Path,
@@ -778,8 +797,7 @@ def build_tiny_model(
     """
     if family not in _BUILDERS:
         raise ValueError(f"Unknown tiny model family {family!r}; valid families: {', '.join(FAMILIES)}")
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown size preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    size = _preset_size(preset)
     spec = _build_spec(family, seed, preset)
     if vision_tower is not None:
         if family not in CLIP_VISION_FAMILIES:
@@ -790,7 +808,7 @@ def build_tiny_model(
         spec["vision_tower_sha256"] = _clip_weights_sha256(Path(vision_tower))
 
     def write_files(folder: Path) -> None:
-        model, processor, generation_config = _BUILDERS[family](seed, PRESETS[preset])
+        model, processor, generation_config = _BUILDERS[family](seed, size)
         if vision_tower is not None:
             _load_clip_vision_tower(model, Path(vision_tower))
         model.generation_config = generation_config
@@ -820,8 +838,13 @@ def _load_clip_vision_tower(model: PreTrainedModel, clip_dir: Path) -> None:
         ) from error
 
 
-def build_tiny_clip(output_dir: str | Path, seed: int = 0) -> Path:
-    """Build a tiny random ``CLIPModel`` + ``CLIPProcessor`` into ``output_dir`` and return it."""
+def build_tiny_clip(output_dir: str | Path, seed: int = 0, preset: str = DEFAULT_PRESET) -> Path:
+    """Build a tiny random ``CLIPModel`` + ``CLIPProcessor`` into ``output_dir`` and return it.
+
+    Its image encoder has the size of ``preset``'s CLIP tower, so that it fits the llava models of
+    that preset (``build_tiny_model(..., vision_tower=...)``); the text encoder is the same in all.
+    """
+    size = _preset_size(preset)
 
     def write_files(folder: Path) -> None:
         tokenizer = _clip_tokenizer()
@@ -837,11 +860,11 @@ def build_tiny_clip(output_dir: str | Path, seed: int = 0) -> Path:
             "pad_token_id": tokenizer.pad_token_id,
         }
         config = CLIPConfig(
-            text_config=text_config, vision_config=_clip_vision_config().to_dict(), projection_dim=32
+            text_config=text_config, vision_config=_clip_vision_config(size).to_dict(), projection_dim=32
         )
         torch.manual_seed(seed)
         CLIPModel(config).save_pretrained(folder)
         image_processor = CLIPImageProcessor(**_clip_image_processing())
         CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
-    return _build_into(output_dir, _build_spec("clip", seed), write_files)
+    return _build_into(output_dir, _build_spec("clip", seed, preset), write_files)

@@ -28,6 +28,13 @@ class ScriptArguments:
             "bounds the image tokens per image, hence memory."
         },
     )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the vision encoder's weights as loaded (full fine-tuning; LoRA adapts only the "
+            "language model anyway), as LLaVA trains."
+        },
+    )
     model_role: Literal["policy", "critic"] = field(
         default="policy",
         metadata={"help": "Which model card template to render: a policy VLM or an EACO Critic."},

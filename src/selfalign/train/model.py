@@ -7,6 +7,8 @@ from peft import LoraConfig
 from transformers import BitsAndBytesConfig
 from trl import ModelConfig
 
+from selfalign.errors import SelfAlignError
+
 # The vision tower and projector stay in full precision under QLoRA and get no adapters: the
 # recipes follow LLaVA's practice of adapting only the language model.
 VISION_MODULES = ("model.vision_tower", "model.multi_modal_projector", "model.visual")
@@ -76,3 +78,15 @@ def keep_adapters_in_float32(model) -> None:
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()
+
+
+def freeze_vision_tower(model) -> int:
+    """Stop the vision encoder's weights from training (LLaVA trains only the projector and the language
+    model); return how many weights were frozen. LoRA recipes need not ask: their adapters are on the
+    language model only."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tower = base.get_encoder(modality="image")
+    if tower is base or tower is base.base_model:
+        raise SelfAlignError(f"freeze_vision_tower: {type(base).__name__} has no vision encoder module")
+    tower.requires_grad_(False)
+    return sum(parameter.numel() for parameter in tower.parameters())

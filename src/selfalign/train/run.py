@@ -19,6 +19,7 @@ from selfalign.publish.model_card import TrainingRun, render_model_card
 from selfalign.train.arguments import ScriptArguments
 from selfalign.train.data import load_training_data
 from selfalign.train.model import (
+    freeze_vision_tower,
     keep_adapters_in_float32,
     lora_config,
     model_init_kwargs,
@@ -75,6 +76,8 @@ def run_training(
     )
     if model_args.load_in_4bit:
         keep_adapters_in_float32(trainer.model)
+    if script_args.freeze_vision_tower:
+        logger.info("vision tower frozen: %d weights", freeze_vision_tower(trainer.model))
     train_and_evaluate(trainer, resume_from, evaluate)
     finish_run(trainer, script_args, training_args, model_args, mixture, push)
     trainer.end()
@@ -154,6 +157,11 @@ def training_run(trainer, script_args, training_args, model_args, mixture) -> Tr
         quantization = f"4-bit {model_args.bnb_4bit_quant_type.upper()} (QLoRA)"
     elif model_args.load_in_8bit:
         quantization = "8-bit"
+    hyperparameters = {
+        name: getattr(training_args, name) for name in CARD_HYPERPARAMETERS if hasattr(training_args, name)
+    }
+    if script_args.freeze_vision_tower:
+        hyperparameters["freeze_vision_tower"] = True
     lora = None
     if model_args.use_peft:
         lora = {"r": model_args.lora_r, "alpha": model_args.lora_alpha, "dropout": model_args.lora_dropout}
@@ -167,11 +175,7 @@ def training_run(trainer, script_args, training_args, model_args, mixture) -> Tr
         method=script_args.method,
         quantization=quantization,
         lora=lora,
-        hyperparameters={
-            name: getattr(training_args, name)
-            for name in CARD_HYPERPARAMETERS
-            if hasattr(training_args, name)
-        },
+        hyperparameters=hyperparameters,
     )
 
 
