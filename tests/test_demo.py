@@ -33,6 +33,10 @@ def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     assert "base_model: selfalign-demo/shapes-llava-init" in (output / "policy" / "README.md").read_text()
     clip_metrics = json.loads((output / "clip" / "metrics.json").read_text())
     assert clip_metrics["image_to_text_top5"] > 5 * clip_metrics["before_training"]["image_to_text_top5"]
+    # Its tower tells shapes apart at sentence level (the first, contrastive-only CLIP: 0.61; chance 0.5),
+    # and the policy kept it frozen.
+    assert clip_metrics["shape_discrimination"] > 0.8
+    assert "| freeze_vision_tower | True |" in (output / "policy" / "README.md").read_text()
 
     # The base policy the methods start from: grounded, and hallucinating in 30-60% of its captions.
     captions = report["captions"]
