@@ -48,6 +48,9 @@ def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     row = f"| base policy (SFT) | {captions['chair_i']:.3f} | {captions['chair_s']:.3f} |"
     assert row in result.stdout
     assert row in (output / "report.md").read_text()
+    low, high = captions["intervals_95"]["chair_i"]  # how far apart two rows must be to differ
+    assert low < captions["chair_i"] < high
+    assert f"| {low:.3f}-{high:.3f} |" in (output / "report.md").read_text()
     assert (output / "report.png").read_bytes().startswith(b"\x89PNG")
 
     # CSR's rounds: each sampled from the previous round's published model, each evaluated.

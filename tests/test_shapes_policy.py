@@ -75,6 +75,8 @@ def test_trained_policy_names_true_objects_where_the_untrained_one_says_nothing(
     assert written["recipe"]["eval_dataset"] == str(tiny_world["eval"])
     table = (tmp_path / "trained_eval" / "report.md").read_text()
     assert "| CHAIR_i | CHAIR_s |" in table and "| adversarial |" in table
+    low, high = written["captions"]["intervals_95"]["chair_i"]
+    assert f"| 95% interval (scenes resampled) | {low:.3f}-{high:.3f} |" in table
     kinds = written["captions"]["hallucinations_by_kind"]
     assert "| count | " + " | ".join(str(count) for count in kinds.values()) + " |" in table
 
@@ -127,3 +129,18 @@ def test_hallucination_kinds_split_every_wrong_mention_by_what_is_wrong():
     scores = caption_scores(captions, truth)
     assert scores["hallucinations_by_kind"] == kinds
     assert sum(kinds.values()) == scores["num_hallucinated_mentions"]
+
+
+def test_intervals_bracket_the_scores_narrow_with_more_scenes_and_are_reproducible():
+    truth = [["red circle"], ["red circle"]]
+    captions = ["There is a red circle.", "There is a blue square."]  # CHAIR_i 0.5, recall 0.5
+    scores = caption_scores(captions * 20, truth * 20)
+    low, high = scores["intervals_95"]["chair_i"]
+    assert low < scores["chair_i"] == 0.5 < high
+    few_low, few_high = caption_scores(captions * 3, truth * 3)["intervals_95"]["chair_i"]
+    assert few_high - few_low > high - low
+    assert caption_scores(captions * 20, truth * 20)["intervals_95"] == scores["intervals_95"]
+    # Every scene alike: nothing to resample, the interval is the value.
+    alike = caption_scores(["There is a red circle."] * 5, [["red circle"]] * 5)["intervals_95"]
+    assert alike["chair_i"] == [0.0, 0.0] and alike["recall"] == [1.0, 1.0]
+    assert alike["mean_caption_words"] == [5.0, 5.0]

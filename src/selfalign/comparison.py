@@ -27,11 +27,13 @@ def _report_value(report: dict, path: tuple[str, ...]) -> float:
 
 
 def comparison_markdown(reports: dict[str, dict]) -> str:
-    """One row per evaluated model (name -> its report.json), the headline metrics as columns."""
-    titles = [title for title, _, _ in COMPARISON_COLUMNS]
+    """One row per evaluated model (name -> its report.json), the headline metrics as columns, and
+    CHAIR_i's 95% interval over resampled scenes: how far apart two rows must be to differ."""
+    titles = [title for title, _, _ in COMPARISON_COLUMNS] + ["CHAIR_i 95% interval"]
     lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
     for name, report in reports.items():
         cells = [form.format(_report_value(report, path)) for _, path, form in COMPARISON_COLUMNS]
+        cells.append("{:.3f}-{:.3f}".format(*report["captions"]["intervals_95"]["chair_i"]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

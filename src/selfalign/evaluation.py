@@ -24,6 +24,7 @@ from pathlib import Path
 from statistics import mean
 
 import evaluate
+import numpy
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from huggingface_hub import file_exists
@@ -160,7 +161,7 @@ def _greedy(max_new_tokens: int) -> SamplingParams:
 
 
 def caption_scores(captions: list[str], objects: list[list[str]]) -> dict:
-    """CHAIR_i, CHAIR_s, recall and their counts, plus the mean caption length in words."""
+    """CHAIR_i, CHAIR_s, recall and their counts, the mean caption length in words, and 95% intervals."""
     chair = evaluate.load(str(METRICS_DIR / "chair"), keep_in_memory=True)
     scores = chair.compute(
         predictions=captions,
@@ -168,10 +169,46 @@ def caption_scores(captions: list[str], objects: list[list[str]]) -> dict:
         objects=list(SHAPES),
         synonyms=dict(SYNONYMS),
         attributes=list(COLOURS),
+        return_details=True,
     )
+    details = scores.pop("details")
     scores["mean_caption_words"] = mean(len(caption.split()) for caption in captions)
     scores["hallucinations_by_kind"] = hallucination_kinds(captions, objects)
+    scores["intervals_95"] = bootstrap_intervals(details, [len(caption.split()) for caption in captions])
     return scores
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def bootstrap_intervals(details: list[dict], words: list[int]) -> dict[str, list[float]]:
+    """95% percentile intervals of CHAIR_i, CHAIR_s, recall and mean caption words, from resampling the
+    scenes with replacement (a fixed seed, so a report is reproducible).
+
+    With 200 scenes and ~300 object mentions, CHAIR_i is only known to within a few points: two
+    models whose intervals overlap widely may not differ at all.
+    """
+    counts = numpy.array(
+        [
+            [len(d["hallucinated"]), len(d["mentions"]), d["hallucinated_caption"], len(d["recalled"]),
+             len(d["ground_truth"]), length]
+            for d, length in zip(details, words, strict=True)
+        ],
+        dtype=float,
+    )  # fmt: skip
+    rows = numpy.random.default_rng(0).integers(0, len(counts), size=(BOOTSTRAP_RESAMPLES, len(counts)))
+    sums = counts[rows].sum(axis=1)  # (resamples, columns)
+    hallucinated, mentions, hallucinated_captions, recalled, ground_truth, total_words = sums.T
+    resampled = {
+        "chair_i": hallucinated / numpy.maximum(mentions, 1),
+        "chair_s": hallucinated_captions / len(counts),
+        "recall": recalled / numpy.maximum(ground_truth, 1),
+        "mean_caption_words": total_words / len(counts),
+    }
+    return {
+        name: [round(float(value), 4) for value in numpy.percentile(values, [2.5, 97.5])]
+        for name, values in resampled.items()
+    }
 
 
 HALLUCINATION_KINDS = ("wrong_shape", "wrong_colour", "swapped", "both_absent", "absent_shape")
@@ -230,13 +267,17 @@ def pope_scores(answers: list[str], probes: list[dict]) -> dict[str, dict]:
 
 def markdown_report(report: dict) -> str:
     caption = report["captions"]
+    intervals = caption["intervals_95"]
     lines = [
         f"# Evaluation of `{report['model']['name_or_path']}` on {report['eval_set']['num_scenes']} held-out scenes",
         "",
-        "| CHAIR_i | CHAIR_s | object recall | mean caption words | POPE F1 (all) |",
-        "|---|---|---|---|---|",
-        f"| {caption['chair_i']:.3f} | {caption['chair_s']:.3f} | {caption['recall']:.3f} | "
+        "| | CHAIR_i | CHAIR_s | object recall | mean caption words | POPE F1 (all) |",
+        "|---|---|---|---|---|---|",
+        f"| value | {caption['chair_i']:.3f} | {caption['chair_s']:.3f} | {caption['recall']:.3f} | "
         f"{caption['mean_caption_words']:.1f} | {report['pope']['all']['f1']:.3f} |",
+        "| 95% interval (scenes resampled) | "
+        + " | ".join("{:.3f}-{:.3f}".format(*intervals[name]) for name in ("chair_i", "chair_s", "recall"))
+        + " | {:.1f}-{:.1f} | |".format(*intervals["mean_caption_words"]),
         "",
         "| POPE | " + " | ".join(POPE_METRICS) + " | probes |",
         "|---|" + "---|" * (len(POPE_METRICS) + 1),
