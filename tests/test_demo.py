@@ -29,7 +29,7 @@ def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     assert report["model"]["name_or_path"] == POLICY_ID
     assert report["model"]["revision"] != "local"
     assert report["eval_set"]["name_or_path"] == "selfalign-demo/shapes-eval"
-    assert report["eval_set"]["num_scenes"] == 200
+    assert report["eval_set"]["num_scenes"] == 1000
     assert "base_model: selfalign-demo/shapes-llava-init" in (output / "policy" / "README.md").read_text()
     clip_metrics = json.loads((output / "clip" / "metrics.json").read_text())
     assert clip_metrics["image_to_text_top5"] > 5 * clip_metrics["before_training"]["image_to_text_top5"]

@@ -121,8 +121,8 @@ def test_hallucination_kinds_split_every_wrong_mention_by_what_is_wrong():
         # red square: both attributes present, on different objects; red star: the shape is absent;
         # green circle: the colour is absent; a triangle: a bare absent shape; the rest are right.
         "A red circle, a red square and a blue square. There is a red star, a green circle and a triangle.",
-        # yellow triangle: neither is in the scene; "star" alone is right.
-        "A green star and a yellow triangle. The star is large.",
+        # yellow triangle: neither is in the scene, and said twice it is still one mention; "star" alone is right.
+        "A green star and a yellow triangle. The star is large. There is a yellow triangle.",
     ]
     kinds = hallucination_kinds(captions, truth)
     assert kinds == {"wrong_shape": 1, "wrong_colour": 1, "swapped": 1, "both_absent": 1, "absent_shape": 1}

@@ -215,7 +215,8 @@ HALLUCINATION_KINDS = ("wrong_shape", "wrong_colour", "swapped", "both_absent", 
 
 
 def hallucination_kinds(captions: list[str], objects: list[list[str]]) -> dict[str, int]:
-    """The wrong object mentions by what is wrong, against the scene's objects ("<colour> <shape>"):
+    """The wrong object mentions by what is wrong, against the scene's objects ("<colour> <shape>"),
+    each distinct mention of a caption once (as CHAIR counts them, however often it is repeated):
 
     - wrong_shape: "<colour> <shape>" whose colour is in the scene but whose shape is not;
     - wrong_colour: the shape is in the scene, the colour is not;
@@ -230,7 +231,7 @@ def hallucination_kinds(captions: list[str], objects: list[list[str]]) -> dict[s
     for caption, truth in zip(captions, objects, strict=True):
         colours = {obj.split()[0] for obj in truth}
         shapes = {obj.split()[1] for obj in truth}
-        for mention in mentioned_objects(caption):
+        for mention in dict.fromkeys(mentioned_objects(caption)):  # each object once, as CHAIR counts
             if mention in truth or mention in shapes:
                 continue
             if " " not in mention:
