@@ -15,7 +15,7 @@ Every step is the command a user would run, with the project's recipes, against 
 8. write the comparison table (outputs/demo/report.md, also printed) and its bar chart (report.png).
 
 Everything lives under outputs/demo/ (or --output-dir), which is rebuilt from scratch on each run;
-nothing leaves this machine. It takes about ten minutes on 2 CPU cores.
+nothing leaves this machine. It takes about twelve minutes on 2 CPU cores.
 """
 
 import argparse

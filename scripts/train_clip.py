@@ -330,10 +330,10 @@ def write_model_card(folder: Path, args: ClipTrainingArguments, metrics: dict) -
 
 # Tiny CLIP for the shapes world
 
-A tiny `CLIPModel` trained from random weights, contrastively, on synthetic scenes of coloured
-shapes (captions and single sentences), by `scripts/train_clip.py` in a few CPU minutes. It is the
-visual scorer of CSR in the offline shapes-world pipeline: it scores each generated sentence against
-the image. It knows nothing outside that world.
+A tiny `CLIPModel` trained from random weights on synthetic scenes of coloured shapes (captions and
+single sentences; see Training), by `scripts/train_clip.py` in a few CPU minutes. It is the visual
+scorer of CSR in the offline shapes-world pipeline: it scores each generated sentence against the
+image. It knows nothing outside that world.
 
 ## Held-out metrics ({metrics["num_eval_scenes"]} scenes)
 

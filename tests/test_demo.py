@@ -12,7 +12,7 @@ from helpers import REPO
 POLICY_ID = "selfalign-demo/shapes-policy"
 
 
-@pytest.mark.timeout(1800)  # the whole showcase: about ten minutes on 2 cores
+@pytest.mark.timeout(1800)  # the whole showcase: about twelve minutes on 2 cores
 def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     # The demo starts its own Hub server and sets its own Hub variables, as on a user's machine.
     env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
