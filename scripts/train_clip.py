@@ -244,21 +244,28 @@ def pretrain_tower(model: CLIPModel, scenes: EncodedScenes, args: ClipTrainingAr
         pct_start=0.05,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(args.seed)
-    losses = []
-    tower.train()
-    for step in range(args.tower_pretraining_steps):
+
+    def step_loss() -> torch.Tensor:
         batch = torch.randint(len(objects), (args.tower_pretraining_batch_size,), generator=generator)
         patches = tower(pixel_values=scenes.pixel_values[batch]).last_hidden_state[:, 1:]  # CLS dropped
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(patches.mean(dim=1)), targets[batch])
+        return torch.nn.functional.binary_cross_entropy_with_logits(head(patches.mean(dim=1)), targets[batch])
+
+    tower.train()
+    return optimize(step_loss, optimizer, scheduler, args.tower_pretraining_steps, "tower pretraining", 500)
+
+
+def optimize(step_loss, optimizer, scheduler, steps: int, stage: str, log_every: int) -> list[float]:
+    """`steps` optimizer steps on `step_loss()`; return every step's loss."""
+    losses = []
+    for step in range(steps):
+        loss = step_loss()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        if step % 500 == 0 or step == args.tower_pretraining_steps - 1:
-            logger.info(
-                "tower pretraining step %d/%d: loss %.4f", step + 1, args.tower_pretraining_steps, loss.item()
-            )
+        if step % log_every == 0 or step == steps - 1:
+            logger.info("%s step %d/%d: loss %.4f", stage, step + 1, steps, loss.item())
     return losses
 
 
@@ -274,20 +281,14 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, args))
     num_scenes = len(scenes.captions)
     batch_size = min(args.batch_size, num_scenes)
-    losses = []
-    model.train()
-    for step in range(args.max_steps):
+
+    def step_loss() -> torch.Tensor:
         batch = rng.sample(range(num_scenes), batch_size)  # distinct scenes: no image is its own negative
         text_inputs = pad_texts(processor, [rng.choice(scenes.text_ids[index]) for index in batch])
-        loss = model(pixel_values=scenes.pixel_values[batch], **text_inputs, return_loss=True).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if step % 50 == 0 or step == args.max_steps - 1:
-            logger.info("step %d/%d: loss %.4f", step + 1, args.max_steps, loss.item())
-    return losses
+        return model(pixel_values=scenes.pixel_values[batch], **text_inputs, return_loss=True).loss
+
+    model.train()
+    return optimize(step_loss, optimizer, scheduler, args.max_steps, "contrastive", 50)
 
 
 def loss_windows(losses: list[float], name: str) -> dict[str, float]:
