@@ -172,9 +172,10 @@ def caption_scores(captions: list[str], objects: list[list[str]]) -> dict:
         return_details=True,
     )
     details = scores.pop("details")
-    scores["mean_caption_words"] = mean(len(caption.split()) for caption in captions)
+    words = [len(caption.split()) for caption in captions]
+    scores["mean_caption_words"] = mean(words)
     scores["hallucinations_by_kind"] = hallucination_kinds(captions, objects)
-    scores["intervals_95"] = bootstrap_intervals(details, [len(caption.split()) for caption in captions])
+    scores["intervals_95"] = bootstrap_intervals(details, words)
     return scores
 
 
