@@ -254,6 +254,31 @@ def test_images_are_encoded_once_per_prompt(family, backends):
     assert stats.vision_encoder_calls == 1 and stats.images_encoded == 5
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_decoding_rows_hold_their_responses_and_the_prompts_are_held_once(family, backends):
+    backend = backends[family]
+    requests = make_requests(5)
+    prompt_lengths = backend._encode(requests)["attention_mask"].sum(dim=1)
+    row_cache_lengths = []  # per decoding forward: the tokens each row's cache holds before it
+
+    def record(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1:  # a decoding step: one token a row
+            row_cache_lengths.append(kwargs["past_key_values"].get_seq_length())
+
+    handle = backend.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        stats = TreeSearchStats()
+        search_trees(backend, requests, PARAMS, stats)
+    finally:
+        handle.remove()
+    # A row's cache spans its response at most (the longest, padding the others, plus a sentence's
+    # room), however long the prompt: the prompt's KV is not copied into each row ...
+    assert max(row_cache_lengths) <= PARAMS.max_total_tokens + PARAMS.max_sentence_tokens
+    assert max(row_cache_lengths) < min(prompt_lengths)
+    # ... but held once per prompt (all but its last token) beside them.
+    assert stats.kv_cache_tokens_peak >= int(prompt_lengths.max() - 1) * len(requests)
+
+
 def test_children_that_all_end_at_once_at_eos_tie_and_end_the_search(backends):
     """EOS is certain: every child of the root is the empty sentence, with the same score."""
     backend = backends["llava"]

@@ -53,19 +53,21 @@ image that is not there.
 
 Cache reuse in `search_trees`. A batch of `backend.batch_size` prompts is encoded once: one forward
 pass over the left-padded images + prompts, all but each prompt's last token, fills a KV cache (the
-vision encoder runs once for the batch), and each prompt's real columns are kept. Every node keeps
-the KV of its own segment: its parent's last token (the prompt's last token for a child of the
-root) followed by its own tokens but the last. The KV of a node's whole context is thus the prompt's
-plus the segments along its path, and only its last token is still to be forwarded. Each depth then
+vision encoder runs once for the batch), which is kept as the batch's `SharedPrefix`: each prompt's
+KV held once, for all the rows that continue it (`shared_prefix_attention.py`). Every node keeps the
+KV of its own segment: its parent's last token (the prompt's last token for a child of the root)
+followed by its own tokens but the last. The KV of a node's whole context is thus the prompt's plus
+the segments along its path, and only its last token is still to be forwarded. Each depth then
 does, for all live nodes of all prompts at once:
 
-1. assemble a cache row per live node from those pieces, left-padded to the longest (attention mask
-   0 on the padding), and forward each node's pending last token: one token per node. Positions
-   are passed explicitly and are logical, not column indices: a response's k-th token sits k after
-   the prompt's last token, whose position comes from the prompt's (attention-mask count for llava;
-   for Qwen, M-RoPE's from the model's own `get_rope_index`, text tokens after the image continuing
-   from its compressed extent with three equal components). Padding never shifts them, and the
-   reused keys, rotated at their own positions, stay valid wherever they sit in a row;
+1. assemble a cache row per live node from its path's segments (its response so far), left-padded
+   to the longest (attention mask 0 on the padding), and forward each node's pending last token:
+   one token per node. Attention covers the node's prompt, from the shared prefix, and its row.
+   Positions are passed explicitly and are logical, not column indices: a response's k-th token
+   sits k after the prompt's last token, whose position comes from the prompt's (attention-mask
+   count for llava; for Qwen, M-RoPE's from the model's own `get_rope_index`, text tokens after the
+   image continuing from its compressed extent with three equal components). Padding never shifts
+   them, and the reused keys, rotated at their own positions, stay valid wherever they sit;
 2. repeat each row `children` times and decode the children token by token, one model call per step
    for all rows, each writing its token into room the cache rows keep for a sentence (no copy of
    the cache per step). A row that ends its sentence has its segment copied out; it leaves the
@@ -73,8 +75,9 @@ does, for all live nodes of all prompts at once:
    copying the cache at every step and forwarding done rows;
 3. score and prune; segments of pruned and ended nodes are dropped at the next depth.
 
-Like `generate(num_return_sequences=n)`, every row holds its own copy of its context's KV during a
-step: memory grows with live nodes x children x context length; `batch_size` bounds it.
+Memory: the prompts' KV once, plus per decoding row its response and a sentence's room; rows are
+live nodes x children, and `batch_size` bounds them. (`generate(num_return_sequences=n)`, like the
+reference, copies the prompt's KV into every row: for LLaVA-1.5 its 576 image tokens.)
 
 Beyond the minimum (each distinct prompt token once, each generated token once), only the prompt
 padding of the first forward pass and the steps of done rows still in the batch are processed (and
@@ -98,6 +101,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from selfalign.errors import SelfAlignError
 from selfalign.samples.sampler import GenerationRequest
+from selfalign.samples.shared_prefix_attention import SharedPrefix, attention_over_shared_prefix
 from selfalign.samples.transformers_backend import (
     TransformersBackend,
     _next_tokens,
@@ -207,6 +211,9 @@ class TreeSearchStats:
     prompt_tokens_forwarded: int = 0  # prompt positions the model processed, padding and repeats included
     generated_tokens: int = 0  # tokens of all the sentences of all nodes
     generated_tokens_forwarded: int = 0  # generated positions the model processed, repeats included
+    kv_cache_tokens_peak: int = (
+        0  # most token slots held in KV caches at once (a layer's; padding, room included)
+    )
 
     @property
     def forward_token_ratio(self) -> float:
@@ -508,10 +515,11 @@ class _PreallocatedLayer(DynamicLayer):
     writes its token into the room (a full buffer grows by doubling).
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+    def __init__(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int):
+        """Buffers (rows, kv_heads, slots, head_dim) whose first `length` slots are written."""
         super().__init__()
-        self.lazy_initialization(keys, values)
-        self._use(_with_room(keys, room), _with_room(values, room), keys.shape[-2])
+        self.lazy_initialization(key_buffer, value_buffer)
+        self._use(key_buffer, value_buffer, length)
 
     def _use(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int) -> None:
         self.key_buffer, self.value_buffer, self.length = key_buffer, value_buffer, length
@@ -563,7 +571,7 @@ class _SharedCacheExpander:
         self.eos_token_ids = set(backend.eos_token_ids.tolist())
         self.sentence_end = _SentenceEnd(backend.tokenizer, params.sentence_ends)
         self.never_sampled = _never_sampled(backend)
-        self.prompt_kv: list[_LayerKV] = []  # per prompt: all its tokens but the last
+        self.shared_prefix: SharedPrefix  # each prompt's KV, all its tokens but the last
         self.prompt_last_token: list[int] = []
         self.prompt_last_position: list[int] = []
         self.segments: dict[tuple[int, tuple[int, ...]], _LayerKV] = {}  # (prompt index, branch) -> KV
@@ -585,11 +593,10 @@ class _SharedCacheExpander:
             use_cache=True,
             logits_to_keep=1,
         )
-        real = prefix["attention_mask"].bool()
+        self.shared_prefix = SharedPrefix(
+            [(layer.keys, layer.values) for layer in cache.layers], prefix["attention_mask"].bool()
+        )
         for row in range(len(requests)):
-            self.prompt_kv.append(
-                [(layer.keys[row][:, real[row]], layer.values[row][:, real[row]]) for layer in cache.layers]
-            )
             self.prompt_last_token.append(int(inputs["input_ids"][row, -1]))
             self.prompt_last_position.append(int(positions[..., row, -1].max()) + 1)
         self.stats.vision_encoder_calls += 1
@@ -625,6 +632,7 @@ class _SharedCacheExpander:
             device=self.model.device,
         )
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(parents), 1)], dim=1)
+        self.shared_prefix.use_rows([p.prompt_index for p in parents])
         logits = self._forward(
             torch.tensor(pending, device=self.model.device), attention_mask, positions, cache
         )
@@ -668,6 +676,8 @@ class _SharedCacheExpander:
         logprobs: list[list[float]] = [[] for _ in rows]
         in_batch = list(range(len(rows)))  # the row at each batch position
         decoding = list(range(len(rows)))  # the batch positions of the rows still decoding
+        self.shared_prefix.use_rows([parent.prompt_index for parent, _ in rows])
+        self._count_cache(cache)
         next_tokens = torch.zeros(len(rows), dtype=torch.long, device=self.model.device)
         while True:
             positions_decoding = torch.tensor(decoding, device=self.model.device)
@@ -707,6 +717,7 @@ class _SharedCacheExpander:
             if not still_decoding:
                 break
             if len(in_batch) - len(still_decoding) >= _DONE_SHARE_TO_DROP * len(in_batch):
+                self._count_cache(cache)
                 selected = torch.tensor(still_decoding, device=self.model.device)
                 cache.batch_select_indices(selected)
                 attention_mask, positions, next_tokens = (
@@ -715,37 +726,55 @@ class _SharedCacheExpander:
                     next_tokens[selected],
                 )
                 in_batch = [in_batch[position] for position in still_decoding]
+                self.shared_prefix.use_rows([rows[row][0].prompt_index for row in in_batch])
                 still_decoding = list(range(len(in_batch)))
             decoding = still_decoding
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(in_batch), 1)], dim=1)
             positions = positions + 1
             logits = self._forward(next_tokens, attention_mask, positions, cache)
             self.stats.generated_tokens_forwarded += len(in_batch)
+        self._count_cache(cache)
         return [
             _Sentence(tuple(row_tokens), sum(row_logprobs))
             for row_tokens, row_logprobs in zip(tokens, logprobs, strict=True)
         ]
 
+    def _count_cache(self, cache: Cache) -> None:
+        """Update the peak of KV slots held: the prompts', the decoding rows' and the stored segments'."""
+        rows, _, slots, _ = cache.layers[0].key_buffer.shape
+        held = (
+            self.shared_prefix.num_tokens
+            + rows * slots
+            + sum(segment[0][0].shape[1] for segment in self.segments.values())
+        )
+        self.stats.kv_cache_tokens_peak = max(self.stats.kv_cache_tokens_peak, held)
+
     def _assemble(self, parents: list[_Parent]) -> tuple[Cache, torch.Tensor]:
-        """A cache row per parent (its prompt's KV, then its path's segments), left-padded; and its mask."""
-        pieces = [
-            [self.prompt_kv[p.prompt_index]]
-            + [self.segments[(p.prompt_index, p.branch[:depth])] for depth in range(1, len(p.branch) + 1)]
+        """A cache row per parent (its path's segments: its response so far), left-padded; and its mask.
+
+        Each row's buffer has room for the pending token and a whole sentence: the steps write into it.
+        """
+        paths = [
+            [self.segments[(p.prompt_index, p.branch[:depth])] for depth in range(1, len(p.branch) + 1)]
             for p in parents
         ]
-        lengths = [sum(piece[0][0].shape[1] for piece in row) for row in pieces]
+        lengths = [sum(segment[0][0].shape[1] for segment in path) for path in paths]
         width = max(lengths)
-        # Room for the pending token and a whole sentence: the steps write into it in place.
-        room = 1 + self.params.max_sentence_tokens
         layers = []
-        for layer in range(len(pieces[0][0])):
-            keys, values = [], []
-            for row, length in zip(pieces, lengths, strict=True):
-                first_keys = row[0][layer][0]
-                padding = first_keys.new_zeros(first_keys.shape[0], width - length, first_keys.shape[2])
-                keys.append(torch.cat([padding] + [piece[layer][0] for piece in row], dim=1))
-                values.append(torch.cat([padding] + [piece[layer][1] for piece in row], dim=1))
-            layers.append(_PreallocatedLayer(torch.stack(keys), torch.stack(values), room))
+        for layer, (prompt_keys, _) in enumerate(self.shared_prefix.layers):
+            _, kv_heads, _, head_dim = prompt_keys.shape
+            keys = prompt_keys.new_zeros(
+                len(parents), kv_heads, width + 1 + self.params.max_sentence_tokens, head_dim
+            )
+            values = torch.zeros_like(keys)
+            for row, (path, length) in enumerate(zip(paths, lengths, strict=True)):
+                column = width - length
+                for segment in path:
+                    segment_keys, segment_values = segment[layer]
+                    end = column + segment_keys.shape[1]
+                    keys[row, :, column:end], values[row, :, column:end] = segment_keys, segment_values
+                    column = end
+            layers.append(_PreallocatedLayer(keys, values, width))
         attention_mask = torch.zeros(len(parents), width, dtype=torch.long, device=self.model.device)
         for row, length in enumerate(lengths):
             attention_mask[row, width - length :] = 1
@@ -758,15 +787,20 @@ class _SharedCacheExpander:
         positions: torch.Tensor,
         cache: Cache,
     ) -> torch.Tensor:
-        """The next-token logits (float32, as `generate` gives them) after one more token per row."""
-        output = self.model(
-            input_ids=token_ids[:, None],
-            attention_mask=attention_mask,
-            position_ids=positions[:, None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        """The next-token logits (float32, as `generate` gives them) after one more token per row.
+
+        The cache and the mask cover the rows' responses; the prompts' KV is `self.shared_prefix`'s.
+        """
+        with attention_over_shared_prefix(self.model):
+            output = self.model(
+                input_ids=token_ids[:, None],
+                attention_mask=attention_mask,
+                position_ids=positions[:, None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                shared_prefix=self.shared_prefix,
+            )
         return output.logits[:, -1].float()
 
 
@@ -812,6 +846,9 @@ class _OneNodeExpander:
         generated, logprobs, finishes = self.backend._sample_rows(inputs, sampler, children, budget, stop)
         self.stats.vision_encoder_calls += 1
         self.stats.images_encoded += len(self.request.images)
+        self.stats.kv_cache_tokens_peak = max(
+            self.stats.kv_cache_tokens_peak, children * (inputs["input_ids"].shape[1] + generated.shape[1])
+        )
         # generate repeats the prefix for every child, then forwards every row at every step but the last.
         self.stats.prompt_tokens_forwarded += children * prompt_length
         self.stats.generated_tokens_forwarded += children * (
