@@ -8,7 +8,8 @@ shapes-world scenes, and searches one tree per scene with `search_trees` (batche
 `search_trees_one_node_at_a_time` (the released code's way, kept as the reference): same requests,
 same params, one process, each timed after a warm-up on one prompt. Prints JSON: wall seconds of
 each and the speed-up, whether the trees are identical, forward tokens over the minimum, vision
-encodes per image, and CLIP image encodes per image when every new sentence of every tree is scored.
+encodes per image, the most KV-cache token slots held at once, and CLIP image encodes per image when
+every new sentence of every tree is scored.
 On a machine shared with other jobs, `--threads 1` gives the most repeatable times (docs/benchmarks.md).
 
 The random models write garbage in which "." is rare (about 0.3% of tokens), so sentences also end
@@ -148,6 +149,7 @@ def search_report(search: TimedSearch, images: int) -> dict:
         "prompt_tokens_forwarded": stats.prompt_tokens_forwarded,
         "generated_tokens": stats.generated_tokens,
         "generated_tokens_forwarded": stats.generated_tokens_forwarded,
+        "kv_cache_tokens_peak": stats.kv_cache_tokens_peak,
     }
 
 
