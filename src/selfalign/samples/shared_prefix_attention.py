@@ -96,22 +96,27 @@ class SharedPrefix:
             score_bias = score_bias[self.active]
 
         # Scores are softmaxed in float32 at least, as eager attention does, whatever the model's dtype.
+        # The prompt part stays grouped by prompt; only per-query numbers (maximum, sum) move between
+        # the layouts.
         score_dtype = torch.promote_types(query.dtype, torch.float32)
-        prompt_scores = self._ungroup(
-            (self._group(query) @ prompt_keys.transpose(-1, -2)).to(score_dtype) * scaling + score_bias,
-            query.shape[2:4],
-        )
-        response_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype) * scaling
+        group_queries = query.shape[2:4]
+        query = query * scaling
+        prompt_scores = (self._group(query) @ prompt_keys.transpose(-1, -2)).to(score_dtype) + score_bias
+        response_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype)
         if response_mask is not None:
             response_scores = response_scores.masked_fill(~response_mask[:, :, None], -torch.inf)
         # Every row sees at least one prompt token, so the maximum is finite.
-        top = torch.maximum(prompt_scores.amax(-1, keepdim=True), response_scores.amax(-1, keepdim=True))
-        prompt_weights, response_weights = (prompt_scores - top).exp(), (response_scores - top).exp()
-        normaliser = prompt_weights.sum(-1, keepdim=True) + response_weights.sum(-1, keepdim=True)
+        top = torch.maximum(
+            self._ungroup(prompt_scores.amax(-1, keepdim=True), group_queries),
+            response_scores.amax(-1, keepdim=True),
+        )
+        prompt_weights = (prompt_scores - self._group(top)).exp()
+        response_weights = (response_scores - top).exp()
+        normaliser = self._ungroup(
+            prompt_weights.sum(-1, keepdim=True), group_queries
+        ) + response_weights.sum(-1, keepdim=True)
         output = (
-            self._ungroup(
-                self._group(prompt_weights.to(prompt_values.dtype)) @ prompt_values, query.shape[2:4]
-            )
+            self._ungroup(prompt_weights.to(prompt_values.dtype) @ prompt_values, group_queries)
             + response_weights.to(values.dtype) @ values[:, :, None]
         )
         output = output / normaliser.to(output.dtype)
