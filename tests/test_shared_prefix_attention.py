@@ -1,93 +1,95 @@
-"""Shared-prefix attention gives what SDPA gives over each row's prompt followed by its response."""
+"""Shared-prefix attention gives what SDPA gives over each row's whole context, copied into the row."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from selfalign.samples.shared_prefix_attention import SharedPrefix
+from selfalign.samples.shared_prefix_attention import SharedBlocks, SharedPrefix
 
 HEAD_DIM = 8
 
 
-def sdpa_over_whole_rows(
-    query, prompt_keys, prompt_values, prompt_mask, keys, values, response_mask, prompt_of_row
-):
-    """The plain way: each row's own copy of its prompt's KV, then its response's, in one SDPA call."""
-    whole_keys = torch.cat([prompt_keys[prompt_of_row], keys], dim=2)
-    whole_values = torch.cat([prompt_values[prompt_of_row], values], dim=2)
+def normal(generator, *shape):
+    return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+
+def random_level(generator, blocks, kv_heads, width, padding):
+    """Keys, values and mask of `blocks` blocks; block b is left-padded by padding[b] tokens."""
+    keys, values = (
+        normal(generator, blocks, kv_heads, width, HEAD_DIM),
+        normal(generator, blocks, kv_heads, width, HEAD_DIM),
+    )
+    mask = torch.ones(blocks, width, dtype=torch.bool)
+    for block, pad in enumerate(padding):
+        mask[block, :pad] = False
+    return keys, values, mask
+
+
+def sdpa_over_whole_rows(query, levels, keys, values, own_mask):
+    """The plain way: each row's own copy of its blocks' KV, then its own, in one SDPA call."""
+    queries = query.shape[2]
+    whole_keys = torch.cat([level_keys[rows] for level_keys, _, _, rows in levels] + [keys], dim=2)
+    whole_values = torch.cat([level_values[rows] for _, level_values, _, rows in levels] + [values], dim=2)
     mask = torch.cat(
-        [prompt_mask[prompt_of_row][:, None, None, :].expand(-1, 1, query.shape[2], -1), response_mask],
+        [mask[rows][:, None, None, :].expand(-1, 1, queries, -1) for _, _, mask, rows in levels] + [own_mask],
         dim=-1,
     )
     group = query.shape[1] // keys.shape[1]
-    whole_keys, whole_values = (
-        whole_keys.repeat_interleave(group, 1),
-        whole_values.repeat_interleave(group, 1),
-    )
+    whole_keys = whole_keys.repeat_interleave(group, 1)
+    whole_values = whole_values.repeat_interleave(group, 1)
     return F.scaled_dot_product_attention(query, whole_keys, whole_values, attn_mask=mask).transpose(1, 2)
 
 
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "queries", "prompt_of_row"),
+    ("heads", "kv_heads", "queries", "prompt_of_row", "parent_of_row"),
     [
-        (4, 4, 1, [0, 0, 0, 1, 1, 2]),  # every prompt has rows, unevenly
-        (4, 2, 1, [2, 2, 0, 2, 0]),  # grouped-query heads; rows out of prompt order; prompt 1 has none
-        (2, 1, 3, [1, 1]),  # several queries a row (causal within the response), one prompt only
+        (4, 4, 1, [0, 0, 0, 1, 1, 2], None),  # every prompt has rows, unevenly
+        (4, 2, 1, [2, 2, 0, 2, 0], None),  # grouped-query heads; rows out of order; prompt 1 has none
+        (2, 1, 3, [1, 1], None),  # several queries a row (causal within its own part)
+        # Two levels, as the tree search has them: prompts, then the parents' responses.
+        (4, 2, 1, [0, 0, 0, 0, 2, 2, 2], [0, 0, 1, 1, 3, 3, 3]),
     ],
 )
-def test_attention_matches_sdpa_over_each_rows_whole_context(heads, kv_heads, queries, prompt_of_row):
+def test_attention_matches_sdpa_over_each_rows_whole_context(
+    heads, kv_heads, queries, prompt_of_row, parent_of_row
+):
     generator = torch.Generator().manual_seed(0)
-    prompts, prompt_width, response_width, rows = 3, 7, 5, len(prompt_of_row)
-
-    def normal(*shape):
-        return torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    prompt_keys, prompt_values = (
-        normal(prompts, kv_heads, prompt_width, HEAD_DIM),
-        normal(prompts, kv_heads, prompt_width, HEAD_DIM),
-    )
-    prompt_mask = torch.ones(prompts, prompt_width, dtype=torch.bool)
-    prompt_mask[0, :3] = prompt_mask[2, :1] = False  # left padding: prompts of different lengths
+    rows, own_width = len(prompt_of_row), 5
+    prompt_keys, prompt_values, prompt_mask = random_level(generator, 3, kv_heads, 7, (3, 0, 1))
+    levels = [(prompt_keys, prompt_values, prompt_mask, torch.tensor(prompt_of_row))]
+    if parent_of_row is not None:
+        parent_keys, parent_values, parent_mask = random_level(generator, 4, kv_heads, 4, (0, 2, 3, 1))
+        levels.append((parent_keys, parent_values, parent_mask, torch.tensor(parent_of_row)))
     keys, values = (
-        normal(rows, kv_heads, response_width, HEAD_DIM),
-        normal(rows, kv_heads, response_width, HEAD_DIM),
+        normal(generator, rows, kv_heads, own_width, HEAD_DIM),
+        normal(generator, rows, kv_heads, own_width, HEAD_DIM),
     )
-    response_mask = torch.ones(rows, 1, queries, response_width, dtype=torch.bool).tril(
-        response_width - queries
-    )
-    response_mask[0, ..., :2] = False  # a shorter response, left-padded
-    query = normal(rows, heads, queries, HEAD_DIM)
+    own_mask = torch.ones(rows, 1, queries, own_width, dtype=torch.bool).tril(own_width - queries)
+    own_mask[0, ..., :2] = False  # a shorter row, left-padded
+    query = normal(generator, rows, heads, queries, HEAD_DIM)
 
-    shared = SharedPrefix(
-        [(normal(prompts, kv_heads, prompt_width, HEAD_DIM),) * 2, (prompt_keys, prompt_values)], prompt_mask
-    )
-    shared.use_rows(prompt_of_row)
-    output = shared.attend(1, query, keys, values, response_mask, HEAD_DIM**-0.5)
+    shared = []
+    for level_keys, level_values, mask, block_of_row in levels:
+        other_layer = (normal(generator, *level_keys.shape),) * 2
+        blocks = SharedBlocks([other_layer, (level_keys, level_values)], mask)
+        blocks.use_rows(block_of_row.tolist())
+        shared.append(blocks)
+    output = SharedPrefix(shared).attend(1, query, keys, values, own_mask, HEAD_DIM**-0.5)
 
-    expected = sdpa_over_whole_rows(
-        query,
-        prompt_keys,
-        prompt_values,
-        prompt_mask,
-        keys,
-        values,
-        response_mask,
-        torch.tensor(prompt_of_row),
-    )
     assert output.shape == (rows, queries, heads, HEAD_DIM)
-    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(output, sdpa_over_whole_rows(query, levels, keys, values, own_mask))
 
 
 def test_rows_can_be_rearranged_between_calls():
     generator = torch.Generator().manual_seed(1)
-    prompt_keys = torch.randn(2, 2, 4, HEAD_DIM, generator=generator)
-    prompt_values = torch.randn(2, 2, 4, HEAD_DIM, generator=generator)
-    shared = SharedPrefix([(prompt_keys, prompt_values)], torch.ones(2, 4, dtype=torch.bool))
-    query, keys, values = (torch.randn(3, 2, 1, HEAD_DIM, generator=generator) for _ in range(3))
+    prompt_keys, prompt_values = normal(generator, 2, 2, 4, HEAD_DIM), normal(generator, 2, 2, 4, HEAD_DIM)
+    blocks = SharedBlocks([(prompt_keys, prompt_values)], torch.ones(2, 4, dtype=torch.bool))
+    shared = SharedPrefix([blocks])
+    query, keys, values = (normal(generator, 3, 2, 1, HEAD_DIM) for _ in range(3))
 
-    shared.use_rows([0, 1, 1])
+    blocks.use_rows([0, 1, 1])
     first = shared.attend(0, query, keys, values, None, 1.0)
-    shared.use_rows([1])  # the rows left after the first two are dropped
+    blocks.use_rows([1])  # the rows left after the first two are dropped
     kept = shared.attend(0, query[2:], keys[2:], values[2:], None, 1.0)
 
     torch.testing.assert_close(kept, first[2:])

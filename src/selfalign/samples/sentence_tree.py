@@ -101,7 +101,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from selfalign.errors import SelfAlignError
 from selfalign.samples.sampler import GenerationRequest
-from selfalign.samples.shared_prefix_attention import SharedPrefix, attention_over_shared_prefix
+from selfalign.samples.shared_prefix_attention import SharedBlocks, SharedPrefix, attention_over_shared_prefix
 from selfalign.samples.transformers_backend import (
     TransformersBackend,
     _next_tokens,
@@ -538,13 +538,6 @@ class _PreallocatedLayer(DynamicLayer):
         self._use(self.key_buffer, self.value_buffer, end)
         return self.keys, self.values
 
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._use(
-            _repeat_rows(self.key_buffer, repeats),
-            _repeat_rows(self.value_buffer, repeats),
-            self.length,
-        )
-
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._use(
             self.key_buffer.index_select(0, indices), self.value_buffer.index_select(0, indices), self.length
@@ -580,7 +573,7 @@ class _SharedCacheExpander:
         self.eos_token_ids = set(backend.eos_token_ids.tolist())
         self.sentence_end = _SentenceEnd(backend.tokenizer, params.sentence_ends)
         self.never_sampled = _never_sampled(backend)
-        self.shared_prefix: SharedPrefix  # each prompt's KV, all its tokens but the last
+        self.prompts: SharedBlocks  # each prompt's KV, all its tokens but the last
         self.prompt_last_token: list[int] = []
         self.prompt_last_position: list[int] = []
         self.segments: dict[tuple[int, tuple[int, ...]], _LayerKV] = {}  # (prompt index, branch) -> KV
@@ -602,7 +595,7 @@ class _SharedCacheExpander:
             use_cache=True,
             logits_to_keep=1,
         )
-        self.shared_prefix = SharedPrefix(
+        self.prompts = SharedBlocks(
             [(layer.keys, layer.values) for layer in cache.layers], prefix["attention_mask"].bool()
         )
         for row in range(len(requests)):
@@ -632,7 +625,6 @@ class _SharedCacheExpander:
         }
         self.segments = {key: kv for key, kv in self.segments.items() if key in on_paths}
         cache, attention_mask = self._assemble(parents)
-        segment_start = attention_mask.shape[1]  # the pending tokens' column
         pending = [
             p.response_ids[-1] if p.response_ids else self.prompt_last_token[p.prompt_index] for p in parents
         ]
@@ -641,41 +633,46 @@ class _SharedCacheExpander:
             device=self.model.device,
         )
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(parents), 1)], dim=1)
-        self.shared_prefix.use_rows([p.prompt_index for p in parents])
+        self.prompts.use_rows([p.prompt_index for p in parents])
         logits = self._forward(
-            torch.tensor(pending, device=self.model.device), attention_mask, positions, cache
+            torch.tensor(pending, device=self.model.device),
+            attention_mask,
+            positions,
+            cache,
+            SharedPrefix([self.prompts]),
         )
         roots = sum(1 for p in parents if not p.response_ids)
         self.stats.prompt_tokens_forwarded += roots
         self.stats.generated_tokens_forwarded += len(parents) - roots
 
+        # Each parent's response, its pending token now included, is read by its children in place.
+        responses = SharedBlocks(
+            [(layer.keys, layer.values) for layer in cache.layers], attention_mask.bool()
+        )
         children = self.params.children
-        cache.batch_repeat_interleave(children)
         sentences = self._decode(
             [(parent, j) for parent in parents for j in range(children)],
-            cache,
-            _repeat_rows(attention_mask, children),
+            responses,
             _repeat_rows(positions, children),
             _repeat_rows(logits, children),
-            segment_start,
         )
         return [sentences[start : start + children] for start in range(0, len(sentences), children)]
 
     def _decode(
         self,
         rows: list[tuple[_Parent, int]],
-        cache: Cache,
-        attention_mask: torch.Tensor,
+        responses: SharedBlocks,
         positions: torch.Tensor,
         logits: torch.Tensor,
-        segment_start: int,
     ) -> list[_Sentence]:
-        """Each row's sentence (row: a parent and a child index), all rows stepping together.
+        """Each row's sentence (row: a parent and a child index, `children` rows a parent), all rows
+        stepping together.
 
-        A row whose sentence ended stores its segment (the cache from `segment_start` on) and is
-        done. It stays in the batch, forwarded for nothing, until a third of the batch is done:
-        then the done rows leave at once. Dropping each as it ends would copy the whole cache at
-        almost every step. `positions` are those of the tokens last forwarded.
+        A row attends to its prompt and its parent's response (`self.prompts`, `responses`: held
+        once) and to its own tokens, which its cache holds. A row whose sentence ended stores its
+        segment (its parent's pending token and its own tokens) and is done. It stays in the batch,
+        forwarded for nothing, until a third of the batch is done: then the done rows leave at once.
+        `positions` are those of the tokens last forwarded.
         """
         generators = [
             _row_generator(self.seeds[parent.prompt_index], *parent.branch, j) for parent, j in rows
@@ -685,8 +682,15 @@ class _SharedCacheExpander:
         logprobs: list[list[float]] = [[] for _ in rows]
         in_batch = list(range(len(rows)))  # the row at each batch position
         decoding = list(range(len(rows)))  # the batch positions of the rows still decoding
-        self.shared_prefix.use_rows([parent.prompt_index for parent, _ in rows])
-        self._count_cache(cache)
+        shared = SharedPrefix([self.prompts, responses])
+
+        def use_rows() -> None:
+            self.prompts.use_rows([rows[row][0].prompt_index for row in in_batch])
+            responses.use_rows([row // self.params.children for row in in_batch])
+
+        use_rows()
+        cache = self._sentence_cache(len(rows))
+        self._count_cache(cache, responses)
         next_tokens = torch.zeros(len(rows), dtype=torch.long, device=self.model.device)
         while True:
             positions_decoding = torch.tensor(decoding, device=self.model.device)
@@ -714,45 +718,67 @@ class _SharedCacheExpander:
                 logprobs[row].append(logprob)
                 if _sentence_done(tokens[row], budgets[row], self.eos_token_ids, self.sentence_end):
                     parent, j = rows[row]
+                    # Every row is forwarded from the first step: its tokens but the last fill its
+                    # cache's first columns.
+                    forwarded = len(tokens[row]) - 1
                     self.segments[(parent.prompt_index, parent.branch + (j,))] = [
                         (
-                            layer.keys[position, :, segment_start:].clone(),
-                            layer.values[position, :, segment_start:].clone(),
+                            torch.cat(
+                                [
+                                    parent_keys[row // self.params.children, :, -1:],
+                                    layer.keys[position, :, :forwarded],
+                                ],
+                                dim=1,
+                            ),
+                            torch.cat(
+                                [
+                                    parent_values[row // self.params.children, :, -1:],
+                                    layer.values[position, :, :forwarded],
+                                ],
+                                dim=1,
+                            ),
                         )
-                        for layer in cache.layers
+                        for (parent_keys, parent_values), layer in zip(
+                            responses.layers, cache.layers, strict=True
+                        )
                     ]
                 else:
                     still_decoding.append(position)
             if not still_decoding:
                 break
             if len(in_batch) - len(still_decoding) >= _DONE_SHARE_TO_DROP * len(in_batch):
-                self._count_cache(cache)
+                self._count_cache(cache, responses)
                 selected = torch.tensor(still_decoding, device=self.model.device)
                 cache.batch_select_indices(selected)
-                attention_mask, positions, next_tokens = (
-                    attention_mask[selected],
-                    positions[selected],
-                    next_tokens[selected],
-                )
+                positions, next_tokens = positions[selected], next_tokens[selected]
                 in_batch = [in_batch[position] for position in still_decoding]
-                self.shared_prefix.use_rows([rows[row][0].prompt_index for row in in_batch])
+                use_rows()
                 still_decoding = list(range(len(in_batch)))
             decoding = still_decoding
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(in_batch), 1)], dim=1)
             positions = positions + 1
-            logits = self._forward(next_tokens, attention_mask, positions, cache)
+            logits = self._forward(next_tokens, None, positions, cache, shared)
             self.stats.generated_tokens_forwarded += len(in_batch)
-        self._count_cache(cache)
+        self._count_cache(cache, responses)
         return [
             _Sentence(tuple(row_tokens), sum(row_logprobs))
             for row_tokens, row_logprobs in zip(tokens, logprobs, strict=True)
         ]
 
-    def _count_cache(self, cache: Cache) -> None:
-        """Update the peak of KV slots held: the prompts', the decoding rows' and the stored segments'."""
+    def _sentence_cache(self, rows: int) -> Cache:
+        """An empty cache with room for a sentence per row (its tokens but the last are forwarded)."""
+        layers = []
+        for prompt_keys, _ in self.prompts.layers:
+            _, kv_heads, _, head_dim = prompt_keys.shape
+            shape = (rows, kv_heads, self.params.max_sentence_tokens, head_dim)
+            layers.append(_PreallocatedLayer(prompt_keys.new_empty(shape), prompt_keys.new_empty(shape), 0))
+        return Cache(layers=layers)
+
+    def _count_cache(self, cache: Cache, responses: SharedBlocks) -> None:
+        """Update the peak of KV slots held: prompts, parents' responses, rows' sentences, segments."""
         rows, _, slots, _ = cache.layers[0].key_buffer.shape
         held = (
-            self.shared_prefix.num_tokens
+            self.prompts.num_tokens
+            + responses.num_tokens
             + rows * slots
             + sum(segment[0][0].shape[1] for segment in self.segments.values())
         )
@@ -761,7 +787,7 @@ class _SharedCacheExpander:
     def _assemble(self, parents: list[_Parent]) -> tuple[Cache, torch.Tensor]:
         """A cache row per parent (its path's segments: its response so far), left-padded; and its mask.
 
-        Each row's buffer has room for the pending token and a whole sentence: the steps write into it.
+        Each row's buffer has room for the pending token, which the next forward pass writes.
         """
         paths = [
             [self.segments[(p.prompt_index, p.branch[:depth])] for depth in range(1, len(p.branch) + 1)]
@@ -770,11 +796,9 @@ class _SharedCacheExpander:
         lengths = [sum(segment[0][0].shape[1] for segment in path) for path in paths]
         width = max(lengths)
         layers = []
-        for layer, (prompt_keys, _) in enumerate(self.shared_prefix.layers):
+        for layer, (prompt_keys, _) in enumerate(self.prompts.layers):
             _, kv_heads, _, head_dim = prompt_keys.shape
-            keys = prompt_keys.new_zeros(
-                len(parents), kv_heads, width + 1 + self.params.max_sentence_tokens, head_dim
-            )
+            keys = prompt_keys.new_zeros(len(parents), kv_heads, width + 1, head_dim)
             values = torch.zeros_like(keys)
             for row, (path, length) in enumerate(zip(paths, lengths, strict=True)):
                 column = width - length
@@ -792,13 +816,15 @@ class _SharedCacheExpander:
     def _forward(
         self,
         token_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         positions: torch.Tensor,
         cache: Cache,
+        shared_prefix: SharedPrefix,
     ) -> torch.Tensor:
         """The next-token logits (float32, as `generate` gives them) after one more token per row.
 
-        The cache and the mask cover the rows' responses; the prompts' KV is `self.shared_prefix`'s.
+        The cache and the mask (None: no padding) cover each row's own tokens; the rest of its
+        context is `shared_prefix`'s.
         """
         with attention_over_shared_prefix(self.model):
             output = self.model(
@@ -808,7 +834,7 @@ class _SharedCacheExpander:
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
-                shared_prefix=self.shared_prefix,
+                shared_prefix=shared_prefix,
             )
         return output.logits[:, -1].float()
 

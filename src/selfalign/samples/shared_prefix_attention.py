@@ -1,18 +1,20 @@
-"""Attention for many rows that continue a few prompts, each prompt's keys and values held once.
+"""Attention for many rows that share the start of their context, each shared block held once.
 
-In the batched tree search (`sentence_tree.py`) every row being decoded continues one prompt of
-its batch: up to 15 rows a prompt (3 live nodes x 5 children). Holding the prompt's KV in every row
-costs memory rows x prompt length (LLaVA-1.5-7B: 576 image + ~64 text tokens at 0.5 MiB a token,
-0.31 GiB a row) and makes every step read the prompt once per row. Here a row's cache holds only
-its response, `SharedPrefix` holds each prompt's KV once, and a step's attention is computed in two
-parts merged by their softmax normalisers:
+In the batched tree search (`sentence_tree.py`) every row being decoded is a child: it continues
+its parent's response, which continues one prompt of the batch, and up to 15 rows share a prompt
+(3 live nodes x 5 children), 5 a parent. Holding the whole context in every row costs memory rows x
+context length (LLaVA-1.5-7B: 576 image + ~64 text tokens at 0.5 MiB a token, 0.31 GiB a row before
+any response) and makes every step read each shared token once per row. Here the context is cut
+into levels: each prompt's KV, held once (`SharedBlocks` of the prompts); each parent's response,
+held once (`SharedBlocks` of the parents); and each row's own tokens (the model's KV cache). A step's
+attention is computed per part and the parts merged by their softmax normalisers:
 
-- the queries of all rows of a prompt against the prompt's keys and values: one matmul per prompt,
-  which reads them once;
-- each row's queries against its own response's keys and values (the model's KV cache).
+- per level, the queries of all rows that share a block against its keys and values: one matmul
+  per block, which reads it once;
+- each row's queries against its own keys and values.
 
 The model runs it while `attention_over_shared_prefix(model)` is in effect and the forward pass is
-given `shared_prefix=`: transformers hands that keyword to every attention call.
+given `shared_prefix=SharedPrefix(...)`: transformers hands that keyword to every attention call.
 """
 
 from __future__ import annotations
@@ -29,14 +31,14 @@ from selfalign.errors import SelfAlignError
 ATTENTION_NAME = "selfalign_shared_prefix"
 
 
-class SharedPrefix:
-    """Each prompt's KV, once, and which prompt each row of the next forward passes continues."""
+class SharedBlocks:
+    """One level of shared context: blocks of KV, each held once, and which block each row reads."""
 
     def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor):
-        """`layers`: per layer, keys and values (prompts, kv_heads, tokens, head_dim); `mask`
-        (prompts, tokens): True on each prompt's own tokens (the others are padding)."""
+        """`layers`: per layer, keys and values (blocks, kv_heads, tokens, head_dim); `mask`
+        (blocks, tokens): True on each block's own tokens (the others are padding)."""
         self.layers = list(layers)
-        # Added to the scores: 0 on a prompt's tokens, -inf on padding; broadcasts over heads and queries.
+        # Added to the scores: 0 on a block's tokens, -inf on padding; broadcasts over heads and queries.
         self.score_bias = torch.where(mask, 0.0, -torch.inf)[:, None, None, :]
         self.use_rows([])
 
@@ -45,30 +47,56 @@ class SharedPrefix:
         """Token slots held per layer, padding included."""
         return self.score_bias.shape[0] * self.score_bias.shape[-1]
 
-    def use_rows(self, prompt_of_row: Sequence[int]) -> None:
-        """Set which prompt each row (batch position) of the next forward passes continues.
+    def use_rows(self, block_of_row: Sequence[int]) -> None:
+        """Set which block each row (batch position) of the next forward passes reads.
 
-        The rows of a prompt are gathered into that prompt's slots (as many a prompt as the most any
-        prompt has) so that one matmul per prompt covers them all; a slot no row fills is computed
+        The rows of a block are gathered into that block's slots (as many a block as the most any
+        block has) so that one matmul per block covers them all; a slot no row fills is computed
         and ignored.
         """
         counts: dict[int, int] = {}
         slot_of_row = []
-        for prompt in prompt_of_row:
-            slot_of_row.append((prompt, counts.get(prompt, 0)))
-            counts[prompt] = counts.get(prompt, 0) + 1
-        self.prompts = sorted(counts)  # the prompts that have rows, in the layout's order
-        self.slots_per_prompt = max(counts.values(), default=0)
-        group_of_prompt = {prompt: group for group, prompt in enumerate(self.prompts)}
+        for block in block_of_row:
+            slot_of_row.append((block, counts.get(block, 0)))
+            counts[block] = counts.get(block, 0) + 1
+        self.blocks = sorted(counts)  # the blocks that have rows, in the layout's order
+        self.slots_per_block = max(counts.values(), default=0)
+        group_of_block = {block: group for group, block in enumerate(self.blocks)}
         device = self.score_bias.device
-        slots = [group_of_prompt[prompt] * self.slots_per_prompt + rank for prompt, rank in slot_of_row]
+        slots = [group_of_block[block] * self.slots_per_block + rank for block, rank in slot_of_row]
         self.slot_of_row = torch.tensor(slots, dtype=torch.long, device=device)
-        row_of_slot = [0] * (len(self.prompts) * self.slots_per_prompt)
+        row_of_slot = [0] * (len(self.blocks) * self.slots_per_block)
         for row, slot in enumerate(slots):
             row_of_slot[slot] = row
         self.row_of_slot = torch.tensor(row_of_slot, dtype=torch.long, device=device)
-        every_prompt = len(self.prompts) == self.score_bias.shape[0]
-        self.active = None if every_prompt else torch.tensor(self.prompts, dtype=torch.long, device=device)
+        every_block = len(self.blocks) == self.score_bias.shape[0]
+        self.active = None if every_block else torch.tensor(self.blocks, dtype=torch.long, device=device)
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys, values and score bias of the blocks that have rows, in the layout's order."""
+        keys, values = self.layers[layer]
+        if self.active is None:
+            return keys, values, self.score_bias
+        return keys[self.active], values[self.active], self.score_bias[self.active]
+
+    def group(self, per_row: torch.Tensor) -> torch.Tensor:
+        """(rows, kv_heads, group, queries, n) -> (blocks, kv_heads, slots x group x queries, n)."""
+        _, kv_heads, group, queries, n = per_row.shape
+        slots = per_row[self.row_of_slot].view(len(self.blocks), self.slots_per_block, kv_heads, -1, n)
+        return slots.transpose(1, 2).reshape(len(self.blocks), kv_heads, -1, n)
+
+    def ungroup(self, grouped: torch.Tensor, group_queries: tuple[int, int]) -> torch.Tensor:
+        """The inverse of `group`: (blocks, kv_heads, slots x group x queries, n) -> per row."""
+        blocks, kv_heads, _, n = grouped.shape
+        slots = grouped.view(blocks, kv_heads, self.slots_per_block, *group_queries, n)
+        return slots.transpose(1, 2).reshape(-1, kv_heads, *group_queries, n)[self.slot_of_row]
+
+
+class SharedPrefix:
+    """The shared levels of the rows' context, outermost first (e.g. prompts, then parents' responses)."""
+
+    def __init__(self, levels: Sequence[SharedBlocks]):
+        self.levels = list(levels)
 
     def attend(
         self,
@@ -76,63 +104,44 @@ class SharedPrefix:
         query: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        response_mask: torch.Tensor | None,
+        own_mask: torch.Tensor | None,
         scaling: float,
     ) -> torch.Tensor:
-        """Attention output (rows, queries, heads, head_dim) over prompt + response.
+        """Attention output (rows, queries, heads, head_dim) over the shared levels + each row's own KV.
 
-        `query` (rows, heads, queries, head_dim); `keys`/`values` the rows' response KV (rows,
-        kv_heads, tokens, head_dim); `response_mask` True where a query may see a response token,
-        (rows, 1, queries, tokens), or None for all.
+        `query` (rows, heads, queries, head_dim); `keys`/`values` the rows' own KV (rows, kv_heads,
+        tokens, head_dim); `own_mask` True where a query may see a row's own token, (rows, 1,
+        queries, tokens), or None for all.
         """
         rows, heads, queries, head_dim = query.shape
         kv_heads = keys.shape[1]
         # Query heads sharing a KV head (grouped-query attention) become more queries of that head.
-        query = query.view(rows, kv_heads, heads // kv_heads, queries, head_dim)
-        prompt_keys, prompt_values = self.layers[layer]
-        score_bias = self.score_bias
-        if self.active is not None:
-            prompt_keys, prompt_values = prompt_keys[self.active], prompt_values[self.active]
-            score_bias = score_bias[self.active]
-
-        # Scores are softmaxed in float32 at least, as eager attention does, whatever the model's dtype.
-        # The prompt part stays grouped by prompt; only per-query numbers (maximum, sum) move between
-        # the layouts.
-        score_dtype = torch.promote_types(query.dtype, torch.float32)
+        query = query.view(rows, kv_heads, heads // kv_heads, queries, head_dim) * scaling
         group_queries = query.shape[2:4]
-        query = query * scaling
-        prompt_scores = (self._group(query) @ prompt_keys.transpose(-1, -2)).to(score_dtype) + score_bias
-        response_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype)
-        if response_mask is not None:
-            response_scores = response_scores.masked_fill(~response_mask[:, :, None], -torch.inf)
-        # Every row sees at least one prompt token, so the maximum is finite.
-        top = torch.maximum(
-            self._ungroup(prompt_scores.amax(-1, keepdim=True), group_queries),
-            response_scores.amax(-1, keepdim=True),
-        )
-        prompt_weights = (prompt_scores - self._group(top)).exp()
-        response_weights = (response_scores - top).exp()
-        normaliser = self._ungroup(
-            prompt_weights.sum(-1, keepdim=True), group_queries
-        ) + response_weights.sum(-1, keepdim=True)
-        output = (
-            self._ungroup(prompt_weights.to(prompt_values.dtype) @ prompt_values, group_queries)
-            + response_weights.to(values.dtype) @ values[:, :, None]
-        )
+        # Scores are softmaxed in float32 at least, as eager attention does, whatever the model's dtype.
+        # Shared parts stay grouped by block; only per-query numbers (maximum, sum) change layout.
+        score_dtype = torch.promote_types(query.dtype, torch.float32)
+        shared = []  # per level: (its blocks, their values, the grouped scores)
+        for level in self.levels:
+            level_keys, level_values, score_bias = level.layer(layer)
+            scores = (level.group(query) @ level_keys.transpose(-1, -2)).to(score_dtype) + score_bias
+            shared.append((level, level_values, scores))
+        own_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype)
+        if own_mask is not None:
+            own_scores = own_scores.masked_fill(~own_mask[:, :, None], -torch.inf)
+        # Every row sees at least one token of its outermost block, so the maximum is finite.
+        top = own_scores.amax(-1, keepdim=True)
+        for level, _, scores in shared:
+            top = torch.maximum(top, level.ungroup(scores.amax(-1, keepdim=True), group_queries))
+        own_weights = (own_scores - top).exp()
+        normaliser = own_weights.sum(-1, keepdim=True)
+        output = own_weights.to(values.dtype) @ values[:, :, None]
+        for level, level_values, scores in shared:
+            weights = (scores - level.group(top)).exp()
+            normaliser = normaliser + level.ungroup(weights.sum(-1, keepdim=True), group_queries)
+            output = output + level.ungroup(weights.to(level_values.dtype) @ level_values, group_queries)
         output = output / normaliser.to(output.dtype)
         return output.reshape(rows, heads, queries, head_dim).transpose(1, 2).contiguous()
-
-    def _group(self, per_row: torch.Tensor) -> torch.Tensor:
-        """(rows, kv_heads, group, queries, n) -> (prompts, kv_heads, slots x group x queries, n)."""
-        _, kv_heads, group, queries, n = per_row.shape
-        slots = per_row[self.row_of_slot].view(len(self.prompts), self.slots_per_prompt, kv_heads, -1, n)
-        return slots.transpose(1, 2).reshape(len(self.prompts), kv_heads, -1, n)
-
-    def _ungroup(self, grouped: torch.Tensor, group_queries: tuple[int, int]) -> torch.Tensor:
-        """The inverse of `_group`: (prompts, kv_heads, slots x group x queries, n) -> per row."""
-        prompts, kv_heads, _, n = grouped.shape
-        slots = grouped.view(prompts, kv_heads, self.slots_per_prompt, *group_queries, n)
-        return slots.transpose(1, 2).reshape(-1, kv_heads, *group_queries, n)[self.slot_of_row]
 
 
 def _shared_prefix_attention(
@@ -156,7 +165,7 @@ def _shared_prefix_attention(
 
 
 AttentionInterface.register(ATTENTION_NAME, _shared_prefix_attention)
-# The response part's mask is built as for SDPA: boolean, True where a query may attend.
+# The rows' own part's mask is built as for SDPA: boolean, True where a query may attend.
 AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
