@@ -709,7 +709,7 @@ class _SharedCacheExpander:
                     self.never_sampled,
                 )
             next_tokens[positions_decoding] = chosen
-            still_decoding = []
+            still_decoding, ended = [], []
             for position, token, logprob in zip(
                 decoding, chosen.tolist(), chosen_logprobs.tolist(), strict=True
             ):
@@ -717,33 +717,13 @@ class _SharedCacheExpander:
                 tokens[row].append(token)
                 logprobs[row].append(logprob)
                 if _sentence_done(tokens[row], budgets[row], self.eos_token_ids, self.sentence_end):
-                    parent, j = rows[row]
-                    # Every row is forwarded from the first step: its tokens but the last fill its
-                    # cache's first columns.
-                    forwarded = len(tokens[row]) - 1
-                    self.segments[(parent.prompt_index, parent.branch + (j,))] = [
-                        (
-                            torch.cat(
-                                [
-                                    parent_keys[row // self.params.children, :, -1:],
-                                    layer.keys[position, :, :forwarded],
-                                ],
-                                dim=1,
-                            ),
-                            torch.cat(
-                                [
-                                    parent_values[row // self.params.children, :, -1:],
-                                    layer.values[position, :, :forwarded],
-                                ],
-                                dim=1,
-                            ),
-                        )
-                        for (parent_keys, parent_values), layer in zip(
-                            responses.layers, cache.layers, strict=True
-                        )
-                    ]
+                    ended.append(position)
                 else:
                     still_decoding.append(position)
+            if ended:
+                self._store_segments(
+                    [(in_batch[position], position) for position in ended], rows, tokens, responses, cache
+                )
             if not still_decoding:
                 break
             if len(in_batch) - len(still_decoding) >= _DONE_SHARE_TO_DROP * len(in_batch):
@@ -763,6 +743,41 @@ class _SharedCacheExpander:
             _Sentence(tuple(row_tokens), sum(row_logprobs))
             for row_tokens, row_logprobs in zip(tokens, logprobs, strict=True)
         ]
+
+    def _store_segments(
+        self,
+        ended: list[tuple[int, int]],
+        rows: list[tuple[_Parent, int]],
+        tokens: list[list[int]],
+        responses: SharedBlocks,
+        cache: Cache,
+    ) -> None:
+        """Keep the segment of each row whose sentence just ended (row, batch position): its parent's
+        pending token, then its own tokens but the last, which fill its cache's first columns (every
+        row is forwarded from the first step). Gathered for all of them at once, then cut per row."""
+        children = self.params.children
+        device = self.model.device
+        parents = torch.tensor([row // children for row, _ in ended], device=device)
+        positions = torch.tensor([position for _, position in ended], device=device)
+        gathered = [
+            tuple(
+                torch.cat(
+                    [
+                        parent_states.index_select(0, parents)[:, :, -1:],
+                        own_states.index_select(0, positions),
+                    ],
+                    dim=2,
+                )
+                for parent_states, own_states in ((parent_keys, layer.keys), (parent_values, layer.values))
+            )
+            for (parent_keys, parent_values), layer in zip(responses.layers, cache.layers, strict=True)
+        ]
+        for index, (row, _) in enumerate(ended):
+            parent, j = rows[row]
+            length = len(tokens[row])  # the pending token and the row's tokens but the last
+            self.segments[(parent.prompt_index, parent.branch + (j,))] = [
+                (keys[index, :, :length], values[index, :, :length]) for keys, values in gathered
+            ]
 
     def _sentence_cache(self, rows: int) -> Cache:
         """An empty cache with room for a sentence per row (its tokens but the last are forwarded)."""

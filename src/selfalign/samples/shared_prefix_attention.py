@@ -71,13 +71,20 @@ class SharedBlocks:
         self.row_of_slot = torch.tensor(row_of_slot, dtype=torch.long, device=device)
         every_block = len(self.blocks) == self.score_bias.shape[0]
         self.active = None if every_block else torch.tensor(self.blocks, dtype=torch.long, device=device)
+        self._active_layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keys, values and score bias of the blocks that have rows, in the layout's order."""
         keys, values = self.layers[layer]
         if self.active is None:
             return keys, values, self.score_bias
-        return keys[self.active], values[self.active], self.score_bias[self.active]
+        if layer not in self._active_layers:  # gathered once per layout, not at every step
+            self._active_layers[layer] = (
+                keys[self.active],
+                values[self.active],
+                self.score_bias[self.active],
+            )
+        return self._active_layers[layer]
 
     def group(self, per_row: torch.Tensor) -> torch.Tensor:
         """(rows, kv_heads, group, queries, n) -> (blocks, kv_heads, slots x group x queries, n)."""
