@@ -48,6 +48,8 @@ def sdpa_over_whole_rows(query, levels, keys, values, own_mask):
         (2, 1, 3, [1, 1], None),  # several queries a row (causal within its own part)
         # Two levels, as the tree search has them: prompts, then the parents' responses.
         (4, 2, 1, [0, 0, 0, 0, 2, 2, 2], [0, 0, 1, 1, 3, 3, 3]),
+        # Rows already in slot order at both levels (grouping is a reshape); prompt 2 has no rows.
+        (4, 4, 1, [0, 0, 1, 1], [0, 1, 2, 3]),
     ],
 )
 def test_attention_matches_sdpa_over_each_rows_whole_context(

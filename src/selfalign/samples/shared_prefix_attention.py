@@ -69,6 +69,9 @@ class SharedBlocks:
         for row, slot in enumerate(slots):
             row_of_slot[slot] = row
         self.row_of_slot = torch.tensor(row_of_slot, dtype=torch.long, device=device)
+        # Rows already in slot order, every slot filled (a parent's children, as the search starts):
+        # grouping is then a reshape.
+        self.in_slot_order = slots == list(range(len(row_of_slot)))
         every_block = len(self.blocks) == self.score_bias.shape[0]
         self.active = None if every_block else torch.tensor(self.blocks, dtype=torch.long, device=device)
         self._active_layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -89,14 +92,17 @@ class SharedBlocks:
     def group(self, per_row: torch.Tensor) -> torch.Tensor:
         """(rows, kv_heads, group, queries, n) -> (blocks, kv_heads, slots x group x queries, n)."""
         _, kv_heads, group, queries, n = per_row.shape
-        slots = per_row[self.row_of_slot].view(len(self.blocks), self.slots_per_block, kv_heads, -1, n)
+        if not self.in_slot_order:
+            per_row = per_row[self.row_of_slot]
+        slots = per_row.view(len(self.blocks), self.slots_per_block, kv_heads, -1, n)
         return slots.transpose(1, 2).reshape(len(self.blocks), kv_heads, -1, n)
 
     def ungroup(self, grouped: torch.Tensor, group_queries: tuple[int, int]) -> torch.Tensor:
         """The inverse of `group`: (blocks, kv_heads, slots x group x queries, n) -> per row."""
         blocks, kv_heads, _, n = grouped.shape
         slots = grouped.view(blocks, kv_heads, self.slots_per_block, *group_queries, n)
-        return slots.transpose(1, 2).reshape(-1, kv_heads, *group_queries, n)[self.slot_of_row]
+        per_row = slots.transpose(1, 2).reshape(-1, kv_heads, *group_queries, n)
+        return per_row if self.in_slot_order else per_row[self.slot_of_row]
 
 
 class SharedPrefix:
