@@ -53,8 +53,8 @@ image that is not there.
 
 Cache reuse in `search_trees`. A batch of `backend.batch_size` prompts is encoded once: one forward
 pass over the left-padded images + prompts, all but each prompt's last token, fills a KV cache (the
-vision encoder runs once for the batch), which is kept as the batch's `SharedPrefix`: each prompt's
-KV held once, for all the rows that continue it (`shared_prefix_attention.py`). Every node keeps the
+vision encoder runs once for the batch), which is kept as shared blocks: each prompt's KV held once,
+for all the rows that continue it (`shared_prefix_attention.py`). Every node keeps the
 KV of its own segment: its parent's last token (the prompt's last token for a child of the root)
 followed by its own tokens but the last. The KV of a node's whole context is thus the prompt's plus
 the segments along its path, and only its last token is still to be forwarded. Each depth then
@@ -62,22 +62,24 @@ does, for all live nodes of all prompts at once:
 
 1. assemble a cache row per live node from its path's segments (its response so far), left-padded
    to the longest (attention mask 0 on the padding), and forward each node's pending last token:
-   one token per node. Attention covers the node's prompt, from the shared prefix, and its row.
+   one token per node. Attention covers the node's prompt, from its shared block, and its row.
    Positions are passed explicitly and are logical, not column indices: a response's k-th token
    sits k after the prompt's last token, whose position comes from the prompt's (attention-mask
    count for llava; for Qwen, M-RoPE's from the model's own `get_rope_index`, text tokens after the
    image continuing from its compressed extent with three equal components). Padding never shifts
    them, and the reused keys, rotated at their own positions, stay valid wherever they sit;
-2. repeat each row `children` times and decode the children token by token, one model call per step
-   for all rows, each writing its token into room the cache rows keep for a sentence (no copy of
-   the cache per step). A row that ends its sentence has its segment copied out; it leaves the
-   batch together with the other done rows once they are a third of it, a compromise between
-   copying the cache at every step and forwarding done rows;
+2. decode `children` children per node token by token, one model call per step for all of them.
+   The parents' rows, pending token included, become a second level of shared blocks: a child
+   attends to its prompt's block, its parent's block and its own tokens, which only its cache holds
+   (room for a sentence, written in place: no copy of a context per child or per step). A row that
+   ends its sentence has its segment copied out (its parent's pending token and its own tokens); it
+   leaves the batch together with the other done rows once they are a third of it, a compromise
+   between copying the cache at every step and forwarding done rows;
 3. score and prune; segments of pruned and ended nodes are dropped at the next depth.
 
-Memory: the prompts' KV once, plus per decoding row its response and a sentence's room; rows are
-live nodes x children, and `batch_size` bounds them. (`generate(num_return_sequences=n)`, like the
-reference, copies the prompt's KV into every row: for LLaVA-1.5 its 576 image tokens.)
+Memory: each prompt's KV once, each live node's response once, each decoding row's sentence, and
+the segments of the depth's nodes; `batch_size` bounds them. (`generate(num_return_sequences=n)`,
+like the reference, copies the whole context into every row: for LLaVA-1.5, 576 image tokens.)
 
 Beyond the minimum (each distinct prompt token once, each generated token once), only the prompt
 padding of the first forward pass and the steps of done rows still in the batch are processed (and
@@ -211,9 +213,7 @@ class TreeSearchStats:
     prompt_tokens_forwarded: int = 0  # prompt positions the model processed, padding and repeats included
     generated_tokens: int = 0  # tokens of all the sentences of all nodes
     generated_tokens_forwarded: int = 0  # generated positions the model processed, repeats included
-    kv_cache_tokens_peak: int = (
-        0  # most token slots held in KV caches at once (a layer's; padding, room included)
-    )
+    kv_cache_tokens_peak: int = 0  # most KV token slots held at once, in a layer (padding, room too)
 
     @property
     def forward_token_ratio(self) -> float:
@@ -544,13 +544,6 @@ class _PreallocatedLayer(DynamicLayer):
         )
 
 
-def _repeat_rows(states: torch.Tensor, repeats: int) -> torch.Tensor:
-    """Each row `repeats` times over, in memory of its own: `repeat_interleave(repeats, dim=0)`,
-    which is several times slower on the CPU for these shapes. (With one row, `reshape` alone
-    would return a view whose repeats share memory.)"""
-    return states[:, None].expand(-1, repeats, *states.shape[1:]).reshape(-1, *states.shape[1:]).contiguous()
-
-
 def _with_room(states: torch.Tensor, room: int) -> torch.Tensor:
     """`states` (batch, heads, tokens, head_dim) followed by `room` unwritten token slots."""
     return torch.cat([states, states.new_empty(*states.shape[:2], room, states.shape[3])], dim=2)
@@ -653,8 +646,8 @@ class _SharedCacheExpander:
         sentences = self._decode(
             [(parent, j) for parent in parents for j in range(children)],
             responses,
-            _repeat_rows(positions, children),
-            _repeat_rows(logits, children),
+            positions.repeat_interleave(children),
+            logits.repeat_interleave(children, dim=0),
         )
         return [sentences[start : start + children] for start in range(0, len(sentences), children)]
 
