@@ -255,15 +255,17 @@ def test_images_are_encoded_once_per_prompt(family, backends):
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
-def test_decoding_rows_hold_their_responses_and_the_prompts_are_held_once(family, backends):
+def test_rows_hold_only_their_own_tokens_and_each_prompt_is_held_once(family, backends):
     backend = backends[family]
     requests = make_requests(5)
     prompt_lengths = backend._encode(requests)["attention_mask"].sum(dim=1)
-    row_cache_lengths = []  # per decoding forward: the tokens each row's cache holds before it
+    parent_steps, child_steps = [], []  # per one-token forward: the tokens each row's cache holds
 
     def record(module, args, kwargs):
-        if kwargs["input_ids"].shape[1] == 1:  # a decoding step: one token a row
-            row_cache_lengths.append(kwargs["past_key_values"].get_seq_length())
+        if kwargs["input_ids"].shape[1] == 1:
+            length = kwargs["past_key_values"].get_seq_length()
+            # The children's steps need no mask: their rows are never padded.
+            (child_steps if kwargs["attention_mask"] is None else parent_steps).append(length)
 
     handle = backend.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
@@ -271,11 +273,12 @@ def test_decoding_rows_hold_their_responses_and_the_prompts_are_held_once(family
         search_trees(backend, requests, PARAMS, stats)
     finally:
         handle.remove()
-    # A row's cache spans its response at most (the longest, padding the others, plus a sentence's
-    # room), however long the prompt: the prompt's KV is not copied into each row ...
-    assert max(row_cache_lengths) <= PARAMS.max_total_tokens + PARAMS.max_sentence_tokens
-    assert max(row_cache_lengths) < min(prompt_lengths)
-    # ... but held once per prompt (all but its last token) beside them.
+    # No row's cache holds its prompt: a parent's holds its response so far (padded to the longest),
+    # a child's only the sentence it is writing ...
+    assert child_steps and max(child_steps) < PARAMS.max_sentence_tokens
+    assert parent_steps and max(parent_steps) < PARAMS.max_total_tokens
+    assert max(parent_steps + child_steps) < min(prompt_lengths)
+    # ... the prompts are held once each (all but their last token), beside the rows.
     assert stats.kv_cache_tokens_peak >= int(prompt_lengths.max() - 1) * len(requests)
 
 
