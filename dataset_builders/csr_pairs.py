@@ -155,12 +155,16 @@ def main(
         result.counts[TRUNCATED],
     )
     models = {"policy": f"{backend.model_name_or_path}@{backend.revision}"}
+    recipe = recipe_values(source_args, policy_args, csr_args, build_args)
     if csr_args.scorer == "clip":  # the scene truth is a program, described in the text
         models["scorer"] = f"{scorer.model_name_or_path}@{scorer.revision}"
+    else:  # nor does the card's recipe name a CLIP that scored nothing
+        for key in ("clip_model", "clip_revision", "clip_batch_size"):
+            del recipe[key]
     card = DatasetCardInfo(
         pretty_name="CSR preference pairs",
         builder="dataset_builders/csr_pairs.py",
-        recipe=recipe_values(source_args, policy_args, csr_args, build_args),
+        recipe=recipe,
         models=models,
         method="csr",
         rejections=dict(result.rejections),

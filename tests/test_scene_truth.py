@@ -64,15 +64,18 @@ def test_it_needs_the_objects_of_an_eval_build(scenes, tmp_path):
 
 def _recipe(tmp_path, tiny_model_dirs, **changes) -> str:
     recipe = yaml.safe_load((REPO / "recipes" / "tiny" / "csr" / "pairs.yaml").read_text())
-    recipe.update(policy_model=str(tiny_model_dirs["llava"]), scorer="scene_truth", **changes)
     recipe.pop("clip_model")  # the scene truth needs no CLIP
+    recipe.update(policy_model=str(tiny_model_dirs["llava"]), scorer="scene_truth", **changes)
     path = tmp_path / "pairs.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return str(path)
 
 
 def test_csr_pairs_with_the_scene_truth_say_so_in_rows_and_card(scenes, tiny_model_dirs, tmp_path):
-    recipe = _recipe(tmp_path, tiny_model_dirs, image_folder=None, dataset_name=str(scenes / "eval"))
+    # As iterate_scene_truth.yaml does it: the CLIP recipe with the scorer switched, clip_model kept.
+    recipe = _recipe(
+        tmp_path, tiny_model_dirs, image_folder=None, dataset_name=str(scenes / "eval"), clip_model="unused"
+    )
     output = tmp_path / "pairs"
     result = run_builder("csr_pairs", "--config", recipe, "--output_dir", str(output))
     rows = load_dataset(str(output), split="train")
@@ -82,6 +85,7 @@ def test_csr_pairs_with_the_scene_truth_say_so_in_rows_and_card(scenes, tiny_mod
     assert "scored by the scene's truth in CLIP's place (an oracle ablation" in card
     assert "mean scene-truth score" in card
     assert "| scorer |" not in card and "truncated to CLIP" not in card
+    assert "clip_model" not in card and "clip_batch_size" not in card  # no CLIP was used
 
 
 def test_the_scene_truth_refuses_images_from_a_folder(tiny_model_dirs, image_folder, tmp_path):
