@@ -512,7 +512,7 @@ class _PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys and values are views of buffers with room for more tokens.
 
     `DynamicLayer` concatenates every step's token onto the whole cache, copying it; here a step
-    writes its token into the room (a full buffer grows by doubling).
+    writes its token into the room, which the expander sizes for every token it will write.
     """
 
     def __init__(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int):
@@ -528,10 +528,8 @@ class _PreallocatedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         end = self.length + key_states.shape[-2]
         if end > self.key_buffer.shape[-2]:
-            room = max(self.key_buffer.shape[-2], key_states.shape[-2])
-            self.key_buffer, self.value_buffer = (
-                _with_room(self.key_buffer, room),
-                _with_room(self.value_buffer, room),
+            raise SelfAlignError(
+                f"a cache buffer of {self.key_buffer.shape[-2]} slots cannot hold {end} tokens"
             )
         self.key_buffer[..., self.length : end, :] = key_states
         self.value_buffer[..., self.length : end, :] = value_states
@@ -542,11 +540,6 @@ class _PreallocatedLayer(DynamicLayer):
         self._use(
             self.key_buffer.index_select(0, indices), self.value_buffer.index_select(0, indices), self.length
         )
-
-
-def _with_room(states: torch.Tensor, room: int) -> torch.Tensor:
-    """`states` (batch, heads, tokens, head_dim) followed by `room` unwritten token slots."""
-    return torch.cat([states, states.new_empty(*states.shape[:2], room, states.shape[3])], dim=2)
 
 
 class _SharedCacheExpander:
