@@ -1,16 +1,20 @@
 """CSR's sentence-tree search: the batched search on reused KV caches vs the one-node-at-a-time reference.
 
     python bench/tree_search.py [--family llava] [--prompts 16] [--batch-size 16] [--threads N]
-                                [--diversity-penalty 3.0]
+                                [--diversity-penalty 3.0] [--repeats 5]
 
 Builds a tiny random VLM of the tiny zoo (size preset "shapes" by default) and a tiny CLIP, renders
 shapes-world scenes, and searches one tree per scene with `search_trees` (batched) and with
 `search_trees_one_node_at_a_time` (the released code's way, kept as the reference): same requests,
-same params, one process, each timed after a warm-up on one prompt. Prints JSON: wall seconds of
-each and the speed-up, whether the trees are identical, forward tokens over the minimum, vision
-encodes per image, the most KV-cache token slots held at once, and CLIP image encodes per image when
-every new sentence of every tree is scored.
-On a machine shared with other jobs, `--threads 1` gives the most repeatable times (docs/benchmarks.md).
+same params, one process. Both are warmed up on a batch of other prompts, then timed alternately,
+`--repeats` times each. Prints JSON: the wall seconds of every run, the speed-up (the median
+reference time over the median batched time, and each repeat's), whether the trees are identical,
+forward tokens over the minimum, vision encodes per image, the most KV-cache token slots held at
+once, and CLIP image encodes per image when every new sentence of every tree is scored.
+The wall times of a virtual machine vary by 15% or more between identical runs, and slow spells
+last seconds: alternating spreads a slow spell over both searches, and the medians of several
+repeats are what to compare. On a machine shared with other jobs, `--threads 1` gives the most
+repeatable times (docs/benchmarks.md).
 
 The random models write garbage in which "." is rare (about 0.3% of tokens), so sentences also end
 at "e" (about 13% of tokens): without it nearly every sentence would run to the token cap and the
@@ -28,6 +32,7 @@ is about 1e9 times smaller: if precision alone made them differ, they then match
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -135,12 +140,19 @@ def recheck_in_float64(
     return {"trees": len(requests), "still_differing": len(differences(batched, reference))}
 
 
-def search_report(search: TimedSearch, images: int) -> dict:
-    stats = search.stats
+def median_seconds(runs: list[TimedSearch]) -> tuple[float, float]:
+    """The median wall and CPU seconds of a search's runs."""
+    return statistics.median(run.seconds for run in runs), statistics.median(run.cpu_seconds for run in runs)
+
+
+def search_report(runs: list[TimedSearch], images: int) -> dict:
+    stats = runs[0].stats  # every run counts the same: it builds the same trees
+    wall, cpu = median_seconds(runs)
     return {
-        "wall_seconds": round(search.seconds, 2),
-        "cpu_seconds": round(search.cpu_seconds, 2),
-        "model_calls": search.model_calls,
+        "wall_seconds": round(wall, 2),
+        "wall_seconds_runs": [round(run.seconds, 2) for run in runs],
+        "cpu_seconds": round(cpu, 2),
+        "model_calls": runs[0].model_calls,
         "forward_token_ratio": round(stats.forward_token_ratio, 3),
         "vision_encoder_calls": stats.vision_encoder_calls,
         "vision_encoder_calls_per_image": round(stats.vision_encoder_calls / images, 3),
@@ -192,6 +204,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per batch of the batched search")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs of each search, alternating; medians compared"
+    )
     parser.add_argument("--max-depth", type=int, default=6)
     parser.add_argument("--max-sentence-tokens", type=int, default=16)
     parser.add_argument("--max-total-tokens", type=int, default=64)
@@ -205,6 +220,8 @@ def main() -> None:
         "--work-dir", type=Path, default=None, help="where to build the models (default: temp)"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be 1 or more, got {args.repeats}")
     load_at_start = round(os.getloadavg()[0], 2)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -231,17 +248,28 @@ def main() -> None:
         backend = TransformersBackend(str(model_dir), batch_size=args.batch_size, dtype="float32")
         requests = make_requests(args.prompts)
 
-        # One-time costs (first calls into kernels, tokenizer and processor caches) are not the search's.
-        log("warming up on one prompt")
-        warm_up = make_requests(1, first_index=args.prompts)
+        # One-time costs (first calls into kernels at each shape, allocator growth, tokenizer and
+        # processor caches) are not the search's: warm up on a batch of other prompts.
+        warm_up = make_requests(min(args.batch_size, args.prompts), first_index=args.prompts)
+        log(f"warming up on {len(warm_up)} other prompts")
         search_trees(backend, warm_up, params)
         search_trees_one_node_at_a_time(backend, warm_up, params)
 
-        log(f"batched search, {args.prompts} prompts")
-        batched = timed_search(search_trees, backend, requests, params)
-        log(f"  {batched.seconds:.1f} s; reference search")
-        reference = timed_search(search_trees_one_node_at_a_time, backend, requests, params)
-        log(f"  {reference.seconds:.1f} s")
+        batched_runs: list[TimedSearch] = []
+        reference_runs: list[TimedSearch] = []
+        for repeat in range(1, args.repeats + 1):
+            log(f"repeat {repeat}/{args.repeats}: batched search, {args.prompts} prompts")
+            batched_runs.append(timed_search(search_trees, backend, requests, params))
+            log(f"  {batched_runs[-1].seconds:.2f} s; reference search")
+            reference_runs.append(timed_search(search_trees_one_node_at_a_time, backend, requests, params))
+            log(f"  {reference_runs[-1].seconds:.2f} s")
+        batched, reference = batched_runs[0], reference_runs[0]
+        # Each search draws from per-node random streams: its repeats must build the very same trees.
+        unrepeatable = sum(
+            bool(differences(run.trees, runs[0].trees))
+            for runs in (batched_runs, reference_runs)
+            for run in runs[1:]
+        )
         differing = differences(batched.trees, reference.trees)
         float64_recheck = None
         if differing:
@@ -252,6 +280,8 @@ def main() -> None:
         log("CLIP scores")
         clip = clip_report(clip_dir, requests, batched.trees)
 
+    batched_wall, batched_cpu = median_seconds(batched_runs)
+    reference_wall, reference_cpu = median_seconds(reference_runs)
     report = {
         "command": " ".join(["python", *sys.argv]),
         "torch": torch.__version__,
@@ -283,10 +313,16 @@ def main() -> None:
         "identical_trees": not differing,
         "differing_trees": {str(index): where for index, where in differing.items()},
         "float64_recheck": float64_recheck,
-        "batched": search_report(batched, args.prompts),
-        "reference": search_report(reference, args.prompts),
-        "speedup": round(reference.seconds / batched.seconds, 2),
-        "cpu_speedup": round(reference.cpu_seconds / batched.cpu_seconds, 2),
+        "repeats": args.repeats,
+        "repeats_with_other_trees": unrepeatable,
+        "batched": search_report(batched_runs, args.prompts),
+        "reference": search_report(reference_runs, args.prompts),
+        # Medians over the repeats, and each repeat's pair (the runs made one after the other).
+        "speedup": round(reference_wall / batched_wall, 2),
+        "speedup_per_repeat": [
+            round(ref.seconds / run.seconds, 2) for run, ref in zip(batched_runs, reference_runs, strict=True)
+        ],
+        "cpu_speedup": round(reference_cpu / batched_cpu, 2),
         "clip": clip,
     }
     print(json.dumps(report, indent=1))
