@@ -18,8 +18,15 @@ from selfalign.pairs import (
 )
 
 
-def node(node_id, parent_id, text, self_score, clip_score, *, leaf=False, kept=True):
-    return ScoredNode(node_id, parent_id, text, self_score, clip_score, kept=kept, is_leaf=leaf)
+def node(node_id, parent_id, text, self_score, clip_score, *, leaf=False, kept=True, adds_sentence=True):
+    return ScoredNode(
+        node_id, parent_id, text, self_score, clip_score, kept=kept, is_leaf=leaf, adds_sentence=adds_sentence
+    )
+
+
+def end(node_id, parent_id, text, self_score, clip_score):
+    """A child that is EOS alone: it ends its parent's response (same text) without a sentence."""
+    return node(node_id, parent_id, text, self_score, clip_score, leaf=True, adds_sentence=False)
 
 
 ROOT = node(0, None, "", 0.0, None)
@@ -141,10 +148,48 @@ def test_paper_fusion_clips_negative_clip_scores_at_zero():
     assert isinstance(result, NoPair) and result.reason == "tied_scores"
 
 
+# EOS alone under the root (node 1) would be an empty response, and its path the best by rank fusion:
+# (0.1 * 1/3 + 0.9 * 2/3) / 2 = 0.31667. Under "A dog." (node 3) it ends that response.
+EMPTY_FIRST = [
+    ROOT,
+    end(1, 0, "", -0.1, 10.0),
+    node(2, 0, "A dog.", -0.5, 25.0),
+    end(3, 2, "A dog.", -0.6, 12.0),
+    node(4, 0, "A cat.", -0.9, 5.0, leaf=True),
+]
+
+
+def test_an_empty_response_is_never_a_candidate_but_still_ranks():
+    assert [[n.node_id for n in path] for path in complete_paths(EMPTY_FIRST)] == [[0, 2, 3], [0, 4]]
+    ranks = sibling_ranks(EMPTY_FIRST)
+    assert (ranks[1].self_rank, ranks[1].clip_rank) == (1 / 3, 2 / 3)
+    assert (ranks[2].self_rank, ranks[2].clip_rank) == (2 / 3, 1 / 3)
+    pair = select_pair(EMPTY_FIRST)
+    assert isinstance(pair, PathPair)
+    assert (pair.chosen, pair.rejected) == ("A dog.", "A cat.")
+    # The end node's ranks (1 of 1) count in the rank path score, the root as 0.
+    assert pair.chosen_score == pytest.approx((fused(2 / 3, 1 / 3) + fused(1, 1)) / 3)
+    assert pair.num_candidates == 2
+    only_one_left = [ROOT, end(1, 0, "", -0.1, 10.0), node(2, 0, "A dog.", -0.5, 25.0, leaf=True)]
+    result = select_pair(only_one_left)
+    assert isinstance(result, NoPair) and result.reason == "single_path"
+
+
+def test_an_end_without_a_sentence_adds_no_clip_score_and_no_reward():
+    pair = select_pair(EMPTY_FIRST)
+    assert pair.chosen_clip_score == 25.0  # not the mean with the end's 12
+    dog = next(path for path in complete_paths(EMPTY_FIRST) if path[-1].node_id == 3)
+    assert weighted_path_score(dog, 0.9) == pytest.approx(0.9 * 25.0 + 0.1 * math.exp(-0.5))
+    weighted = select_pair(EMPTY_FIRST, FusionParams(method="weighted"))
+    assert (weighted.chosen, weighted.rejected) == ("A dog.", "A cat.")
+    assert weighted.chosen_score == pytest.approx(0.9 * 25.0 + 0.1 * math.exp(-0.5))
+
+
 def test_no_complete_path():
     no_leaf = [ROOT, node(1, 0, "a", -1.0, 1.0), node(2, 0, "b", -2.0, 2.0)]
     pruned_leaves = [ROOT, node(1, 0, "a", -1.0, 1.0, leaf=True, kept=False), node(2, 0, "b", -2, 2.0)]
-    for tree in (no_leaf, pruned_leaves, [ROOT]):
+    empty_only = [ROOT, end(1, 0, "", -1.0, 1.0), end(2, 0, "", -2.0, 2.0)]
+    for tree in (no_leaf, pruned_leaves, empty_only, [ROOT]):
         result = select_pair(tree)
         assert isinstance(result, NoPair) and result.reason == "no_complete_path"
 

@@ -47,6 +47,7 @@ def test_degenerate_sentences_go_with_their_subtree_and_eos_alone_ends_a_respons
     by_id = {n.node_id: n for n in nodes}
     # EOS alone is the end of its parent's response: a leaf whose text is the parent's.
     assert by_id[5].is_leaf and by_id[5].text == "A red circle."
+    assert [by_id[i].adds_sentence for i in (1, 2, 5, 6, 7)] == [True, True, False, True, False]
     assert by_id[6].text == "A blue star. A green square."
     # Every kept sentence is CLIP-scored against the image, the empty end included.
     (expected,) = scorer.score([image], [["A red circle.", "A blue star.", "", "A green square.", ""]])

@@ -187,7 +187,7 @@ def score_trees(
     child that is EOS alone (the model ends the response after its parent's sentences) is not a
     degenerate sentence but the response's end: it is kept, and its empty text is CLIP-scored, so
     that among siblings "stop here" ranks against each further sentence by how well that matches
-    the image.
+    the image. Under the root it would end an empty response, which is never a candidate.
     """
     survivors, texts = [], []
     for tree in trees:
@@ -222,8 +222,9 @@ def score_trees(
                     clip_score=clip_score,
                     kept=node.kept,
                     is_leaf=node.finish_reason is not None,
+                    adds_sentence=bool(text),
                 )
-                for (node, _), clip_score in zip(cleaned, scores, strict=True)
+                for (node, text), clip_score in zip(cleaned, scores, strict=True)
             ]
         )
     return scored

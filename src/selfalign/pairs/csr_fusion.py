@@ -47,7 +47,8 @@ Candidates here are the paths ending at a kept leaf (`ScoredNode`): on a tree se
 way, where final nodes are never pruned, that is every final node, as in the released code.
 
 Beyond both: a tree without a usable pair gives a `NoPair` with a reason from `NO_PAIR_REASONS`
-instead of a crash or a pair of identical responses. Ties are broken as the released code does,
+instead of a crash or a pair of identical responses, and an empty response (EOS as the first
+token) is never a candidate: the released code drops it as too short. Ties are broken as the released code does,
 with node ids standing for generation order: siblings by node id, paths in depth-first order over
 children by node id; chosen = the first of the best paths, rejected = the last of the worst.
 """
@@ -65,7 +66,7 @@ from selfalign.errors import SelfAlignError
 FusionMethod = Literal["rank", "weighted"]
 
 NO_PAIR_REASONS: dict[str, str] = {
-    "no_complete_path": "no kept node of the sentence tree ends a response (EOS or length cap)",
+    "no_complete_path": "no kept node of the sentence tree ends a non-empty response (EOS or length cap)",
     "single_path": "the sentence tree holds a single complete response, so there is nothing to compare",
     "tied_scores": "all complete responses of the sentence tree have the same path score",
     "identical_texts": "the best and worst paths of the sentence tree spell the same response",
@@ -104,7 +105,10 @@ class ScoredNode:
     the new sentence's CLIP score (None for the root only). `kept` is False for a node the search
     pruned (not among its depth's top and bottom): it is never expanded and, even if it ended, it
     ends no candidate path, but it still counts among its siblings' ranks, as in the released code.
-    `is_leaf` means the response ended here (EOS or a length cap).
+    `is_leaf` means the response ended here (EOS or a length cap). `adds_sentence` is False for a
+    child that is EOS alone: it ends its parent's response without a sentence of its own, ranks
+    among its siblings ("stop here" against each further sentence) and so counts in a rank path
+    score, but has no sentence to enter a weighted reward or a path's mean CLIP score.
 
     Nodes whose sentence failed the cleaning (`selfalign.scores.text_cleaning`) are not given at
     all, nor their subtrees: the released code removes them from the tree before ranking.
@@ -117,6 +121,7 @@ class ScoredNode:
     clip_score: float | None
     kept: bool
     is_leaf: bool
+    adds_sentence: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,12 +194,12 @@ class _Tree:
             raise SelfAlignError(f"the root's self-score is {self.root.self_score}")
 
     def complete_paths(self) -> list[Path]:
-        """Paths from the root to each kept leaf, in depth-first order."""
+        """Paths from the root to each kept leaf whose response is not empty, in depth-first order."""
         paths: list[Path] = []
         stack: list[Path] = [(self.root,)]
         while stack:
             path = stack.pop()
-            if path[-1].is_leaf and path[-1].kept and len(path) > 1:
+            if path[-1].is_leaf and path[-1].kept and path[-1].text.strip():
                 paths.append(path)
             stack.extend(path + (child,) for child in reversed(self.children[path[-1].node_id]))
         return paths
@@ -222,7 +227,8 @@ def sibling_ranks(nodes: Sequence[ScoredNode]) -> dict[int, SiblingRanks]:
 
 
 def complete_paths(nodes: Sequence[ScoredNode]) -> list[Path]:
-    """The candidate paths, root to each kept leaf, in depth-first order (children by node id)."""
+    """The candidate paths, root to each kept leaf with a non-empty response, in depth-first order
+    (children by node id)."""
     return _Tree(nodes).complete_paths()
 
 
@@ -238,10 +244,13 @@ def rank_path_score(path: Path, ranks: Mapping[int, SiblingRanks], clip_weight: 
 def weighted_path_score(path: Path, clip_weight: float) -> float:
     """Paper fusion: the sum over the path's sentences of `lambda * max(clip, 0) + (1 - lambda) * exp(lp)`.
 
-    `lp` is the sentence's own length-normalised log-prob: its self-score minus its parent's.
+    `lp` is the sentence's own length-normalised log-prob: its self-score minus its parent's. A
+    child that is EOS alone adds no sentence, so no reward.
     """
     total = 0.0
     for parent, node in itertools.pairwise(path):
+        if not node.adds_sentence:
+            continue
         self_reward = math.exp(node.self_score - parent.self_score)
         total += clip_weight * max(node.clip_score, 0.0) + (1 - clip_weight) * self_reward
     return total
@@ -288,4 +297,5 @@ def select_pair(nodes: Sequence[ScoredNode], fusion: FusionParams = FusionParams
 
 
 def _mean_clip_score(path: Path) -> float:
-    return sum(node.clip_score for node in path[1:]) / (len(path) - 1)
+    scores = [node.clip_score for node in path[1:] if node.adds_sentence]
+    return sum(scores) / len(scores)  # a candidate's response is not empty: it has a sentence
