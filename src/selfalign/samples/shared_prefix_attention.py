@@ -74,20 +74,18 @@ class SharedBlocks:
         self.in_slot_order = slots == list(range(len(row_of_slot)))
         every_block = len(self.blocks) == self.score_bias.shape[0]
         self.active = None if every_block else torch.tensor(self.blocks, dtype=torch.long, device=device)
-        self._active_layers: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.active_score_bias = self.score_bias if every_block else self.score_bias[self.active]
 
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keys, values and score bias of the blocks that have rows, in the layout's order."""
+        """Keys, values and score bias of the blocks that have rows, in the layout's order.
+
+        A subset of the blocks is gathered for each call and freed after it: kept for the layout,
+        it would hold a second copy of the level's KV for every layer.
+        """
         keys, values = self.layers[layer]
         if self.active is None:
             return keys, values, self.score_bias
-        if layer not in self._active_layers:  # gathered once per layout, not at every step
-            self._active_layers[layer] = (
-                keys[self.active],
-                values[self.active],
-                self.score_bias[self.active],
-            )
-        return self._active_layers[layer]
+        return keys.index_select(0, self.active), values.index_select(0, self.active), self.active_score_bias
 
     def group(self, per_row: torch.Tensor) -> torch.Tensor:
         """(rows, kv_heads, group, queries, n) -> (blocks, kv_heads, slots x group x queries, n)."""
