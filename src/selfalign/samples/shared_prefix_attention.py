@@ -127,17 +127,20 @@ class SharedPrefix:
         rows, heads, queries, head_dim = query.shape
         kv_heads = keys.shape[1]
         # Query heads sharing a KV head (grouped-query attention) become more queries of that head.
-        query = query.view(rows, kv_heads, heads // kv_heads, queries, head_dim) * scaling
+        query = query.view(rows, kv_heads, heads // kv_heads, queries, head_dim)
         group_queries = query.shape[2:4]
-        # Scores are softmaxed in float32 at least, as eager attention does, whatever the model's dtype.
+        # Scores are softmaxed in float32 at least, as eager attention does, whatever the model's dtype;
+        # the parts' outputs are summed and normalised in it too, and rounded to the model's once.
         # Shared parts stay grouped by block; only per-query numbers (maximum, sum) change layout.
         score_dtype = torch.promote_types(query.dtype, torch.float32)
         shared = []  # per level: (its blocks, their values, the grouped scores)
         for level in self.levels:
             level_keys, level_values, score_bias = level.layer(layer)
-            scores = (level.group(query) @ level_keys.transpose(-1, -2)).to(score_dtype) + score_bias
+            scores = (level.group(query) @ level_keys.transpose(-1, -2)).to(
+                score_dtype
+            ) * scaling + score_bias
             shared.append((level, level_values, scores))
-        own_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype)
+        own_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype) * scaling
         if own_mask is not None:
             own_scores = own_scores.masked_fill(~own_mask[:, :, None], -torch.inf)
         # Every row sees at least one token of its outermost block, so the maximum is finite.
@@ -146,12 +149,13 @@ class SharedPrefix:
             top = torch.maximum(top, level.ungroup(scores.amax(-1, keepdim=True), group_queries))
         own_weights = (own_scores - top).exp()
         normaliser = own_weights.sum(-1, keepdim=True)
-        output = own_weights.to(values.dtype) @ values[:, :, None]
+        output = (own_weights.to(values.dtype) @ values[:, :, None]).to(score_dtype)
         for level, level_values, scores in shared:
             weights = (scores - level.group(top)).exp()
             normaliser = normaliser + level.ungroup(weights.sum(-1, keepdim=True), group_queries)
-            output = output + level.ungroup(weights.to(level_values.dtype) @ level_values, group_queries)
-        output = output / normaliser.to(output.dtype)
+            part = (weights.to(level_values.dtype) @ level_values).to(score_dtype)
+            output = output + level.ungroup(part, group_queries)
+        output = (output / normaliser).to(query.dtype)
         return output.reshape(rows, heads, queries, head_dim).transpose(1, 2).contiguous()
 
 
