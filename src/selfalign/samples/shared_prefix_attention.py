@@ -136,9 +136,8 @@ class SharedPrefix:
         shared = []  # per level: (its blocks, their values, the grouped scores)
         for level in self.levels:
             level_keys, level_values, score_bias = level.layer(layer)
-            scores = (level.group(query) @ level_keys.transpose(-1, -2)).to(
-                score_dtype
-            ) * scaling + score_bias
+            scores = level.group(query) @ level_keys.transpose(-1, -2)
+            scores = scores.to(score_dtype) * scaling + score_bias
             shared.append((level, level_values, scores))
         own_scores = (query @ keys[:, :, None].transpose(-1, -2)).to(score_dtype) * scaling
         if own_mask is not None:
