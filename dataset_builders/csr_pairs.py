@@ -86,8 +86,9 @@ def main(
         source_args.prompt_set = "describe"  # CSR's prompts are 'describe the image' style
     source = open_source(source_args)
     _, _, state = process_rank()
-    backend = policy_args.backend(device=str(state.device))
+    # The scorer first: it is the smaller model, so a wrong clip_model fails before the policy loads.
     scorer = csr_args.sentence_scorer(source_args, device=str(state.device))
+    backend = policy_args.backend(device=str(state.device))
     scorer_model = model_reference(csr_args.clip_model) if csr_args.scorer == "clip" else SCENE_TRUTH_SCORER
     tree_params = csr_args.tree_params()
     search_stats = TreeSearchStats()

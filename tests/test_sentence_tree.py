@@ -420,6 +420,7 @@ def test_diverse_greedy_children_avoid_their_elder_siblings_tokens(family, penal
         ({"top_p": 1.5}, "top_p"),
         ({"sentence_ends": ()}, "sentence_ends"),
         ({"sentence_ends": (".", "")}, "sentence_ends"),
+        ({"sentence_ends": (".", "\n")}, "only whitespace"),  # never matched: text is rstripped first
     ],
 )
 def test_invalid_tree_search_params_are_refused(values, message):

@@ -3,8 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
 
-from selfalign.samples.shared_prefix_attention import SharedBlocks, SharedPrefix
+from selfalign.errors import SelfAlignError
+from selfalign.samples.shared_prefix_attention import ATTENTION_NAME, SharedBlocks, SharedPrefix
 
 HEAD_DIM = 8
 
@@ -95,3 +97,20 @@ def test_rows_can_be_rearranged_between_calls():
     kept = shared.attend(0, query[2:], keys[2:], values[2:], None, 1.0)
 
     torch.testing.assert_close(kept, first[2:])
+
+
+@pytest.mark.parametrize("option", [{"sliding_window": 4}, {"softcap": 30.0}, {"s_aux": torch.zeros(2)}])
+def test_attention_options_it_does_not_implement_are_refused(option):
+    """A model asking for a window, a soft cap or sinks would silently get other attention."""
+    generator = torch.Generator().manual_seed(2)
+    blocks = SharedBlocks([(normal(generator, 1, 2, 4, HEAD_DIM),) * 2], torch.ones(1, 4, dtype=torch.bool))
+    blocks.use_rows([0])
+    query, keys, values = (normal(generator, 1, 2, 1, HEAD_DIM) for _ in range(3))
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    attention = AttentionInterface()[ATTENTION_NAME]
+    call = {"shared_prefix": SharedPrefix([blocks]), "scaling": 1.0, "sliding_window": None}
+    output, _ = attention(module, query, keys, values, None, **call)  # None is no option
+    assert output.shape == (1, 1, 2, HEAD_DIM)
+    with pytest.raises(SelfAlignError, match=next(iter(option))):
+        attention(module, query, keys, values, None, **{**call, **option})

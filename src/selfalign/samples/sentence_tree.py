@@ -160,9 +160,11 @@ class TreeSearchParams:
                 "diverse children are decoded greedily: set temperature 0 with a diversity_penalty "
                 f"(got temperature {self.temperature}), or diversity_penalty 0 to sample them"
             )
-        if not self.sentence_ends or any(not end for end in self.sentence_ends):
+        # A sentence's text is matched with its trailing whitespace removed, so a blank end never would.
+        if not self.sentence_ends or any(not end.strip() for end in self.sentence_ends):
             raise SelfAlignError(
-                f"sentence_ends must hold at least one non-empty string, got {self.sentence_ends!r}"
+                "sentence_ends must hold at least one string, none of them empty or only whitespace "
+                f"(they are matched at the end of the text, trailing whitespace removed), got {self.sentence_ends!r}"
             )
 
 

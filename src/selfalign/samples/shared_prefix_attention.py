@@ -170,6 +170,10 @@ def _shared_prefix_attention(
 ) -> tuple[torch.Tensor, None]:
     if shared_prefix is None:
         raise SelfAlignError(f"the {ATTENTION_NAME} attention needs the forward pass's shared_prefix=")
+    # Options this attention does not implement: ignoring them would silently change the model.
+    unsupported = [name for name in ("sliding_window", "softcap", "s_aux") if kwargs.get(name) is not None]
+    if unsupported:
+        raise SelfAlignError(f"the {ATTENTION_NAME} attention does not support {', '.join(unsupported)}")
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         raise SelfAlignError(
             f"the {ATTENTION_NAME} attention expects a boolean mask, got {attention_mask.dtype}"
