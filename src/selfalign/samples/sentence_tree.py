@@ -47,9 +47,8 @@ own CPU generator, `_row_generator(seed, i1, ..., id, j)`, one uniform number pe
 `TransformersBackend` draws a sample (`_next_tokens`). A tree therefore depends only on the model,
 the request and the params: not on which prompts share a batch, the batch size, or which of the two
 implementations built it, up to float noise in the logits as for the sampler: noise can flip a
-token, or which of two nodes whose scores differ by less than it is kept. Tokens that the
-model replaces by image or video features are never sampled: fed back as text they would ask for an
-image that is not there.
+token, or which of two nodes whose scores differ by less than it is kept. As in the sampler, the
+image and video placeholder tokens are never sampled (`TransformersBackend.never_sampled`).
 
 Cache reuse in `search_trees`. A batch of `backend.batch_size` prompts is encoded once: one forward
 pass over the left-padded images + prompts, all but each prompt's last token, fills a KV cache (the
@@ -283,13 +282,6 @@ class _Sentence:
 
 def _sentence_budget(parent: _Parent, params: TreeSearchParams) -> int:
     return min(params.max_sentence_tokens, params.max_total_tokens - len(parent.response_ids))
-
-
-def _never_sampled(backend: TransformersBackend) -> tuple[int, ...]:
-    """The tokens the model replaces by image or video features."""
-    config = backend.model.config
-    ids = (getattr(config, name, None) for name in ("image_token_id", "video_token_id"))
-    return tuple(token_id for token_id in ids if isinstance(token_id, int))
 
 
 class _SentenceEnd:
@@ -560,7 +552,7 @@ class _SharedCacheExpander:
         self.seeds = [request.seed for request in requests]
         self.eos_token_ids = set(backend.eos_token_ids.tolist())
         self.sentence_end = _SentenceEnd(backend.tokenizer, params.sentence_ends)
-        self.never_sampled = _never_sampled(backend)
+        self.never_sampled = backend.never_sampled
         self.prompts: SharedBlocks  # each prompt's KV, all its tokens but the last
         self.prompt_last_token: list[int] = []
         self.prompt_last_position: list[int] = []
@@ -857,7 +849,7 @@ class _OneNodeExpander:
         self.params = params
         self.stats = stats
         self.sentence_end = _SentenceEnd(backend.tokenizer, params.sentence_ends)
-        self.never_sampled = _never_sampled(backend)
+        self.never_sampled = backend.never_sampled
 
     def expand(self, parents: list[_Parent]) -> list[list[_Sentence]]:
         return [self._expand(parent) for parent in parents]

@@ -232,6 +232,12 @@ class TransformersBackend:
             eos_token_id=eos,
             pad_token_id=self.tokenizer.pad_token_id if pad is None else pad,
         )
+        # The tokens the model replaces by image or video features are never sampled: fed back as
+        # text they would ask for an image that is not there.
+        placeholders = (
+            getattr(self.model.config, name, None) for name in ("image_token_id", "video_token_id")
+        )
+        self.never_sampled = tuple(token_id for token_id in placeholders if isinstance(token_id, int))
 
     def generate(
         self, requests: Sequence[GenerationRequest], params: SamplingParams
@@ -275,7 +281,7 @@ class TransformersBackend:
         )
         generated, logprobs, finishes = self._sample_rows(
             inputs,
-            _RowSampler(generators, params.temperature, params.top_p),
+            _RowSampler(generators, params.temperature, params.top_p, self.never_sampled),
             params.n,
             params.max_new_tokens,
             stop_strings,
