@@ -669,7 +669,7 @@ class _SharedCacheExpander:
             responses.use_rows([row // self.params.children for row in in_batch])
 
         use_rows()
-        cache = self._sentence_cache(len(rows))
+        cache = self._sentence_cache(len(rows), max(budgets))
         self._count_cache(cache, responses)
         next_tokens = torch.zeros(len(rows), dtype=torch.long, device=self.model.device)
         while True:
@@ -743,7 +743,7 @@ class _SharedCacheExpander:
             tuple(
                 torch.cat(
                     [
-                        parent_states.index_select(0, parents)[:, :, -1:],
+                        parent_states[:, :, -1:].index_select(0, parents),
                         own_states.index_select(0, positions),
                     ],
                     dim=2,
@@ -759,12 +759,13 @@ class _SharedCacheExpander:
                 (keys[index, :, :length], values[index, :, :length]) for keys, values in gathered
             ]
 
-    def _sentence_cache(self, rows: int) -> Cache:
-        """An empty cache with room for a sentence per row (its tokens but the last are forwarded)."""
+    def _sentence_cache(self, rows: int, tokens: int) -> Cache:
+        """An empty cache with room for `tokens` tokens per row: the steps of the longest sentence
+        budget (a sentence's tokens but the last are forwarded, every row at every step)."""
         layers = []
         for prompt_keys, _ in self.prompts.layers:
             _, kv_heads, _, head_dim = prompt_keys.shape
-            shape = (rows, kv_heads, self.params.max_sentence_tokens, head_dim)
+            shape = (rows, kv_heads, tokens, head_dim)
             layers.append(_PreallocatedLayer(prompt_keys.new_empty(shape), prompt_keys.new_empty(shape), 0))
         return Cache(layers=layers)
 
