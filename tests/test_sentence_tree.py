@@ -4,10 +4,13 @@ Tiny random models write garbage without full stops, so sentences here end at "e
 one token in eight: trees reach depth 2 and more within a few tokens per sentence.
 """
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from selfalign.errors import SelfAlignError
 from selfalign.samples import (
@@ -402,6 +405,29 @@ def test_diverse_greedy_children_avoid_their_elder_siblings_tokens(family, penal
                     assert all(elder.token_ids[t] != younger.token_ids[t] for t in range(steps))
                     compared += steps
     assert compared > 50
+
+
+def test_a_sliding_window_that_holds_every_context_changes_nothing(tiny_model_dirs, tmp_path):
+    """A Mistral-style model attends within a window: the batched search runs when no context can
+    outgrow it (and builds the reference's trees), and says what to change when one could."""
+
+    def with_window(window: int) -> TransformersBackend:
+        folder = tmp_path / f"window-{window}"
+        shutil.copytree(tiny_model_dirs["llava_next"], folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"]["sliding_window"] = window
+        (folder / "config.json").write_text(json.dumps(config))
+        backend = TransformersBackend(str(folder), batch_size=2)
+        assert all(DynamicCache(config=backend.model.config).is_sliding)
+        return backend
+
+    requests = make_requests(2)
+    wide = with_window(4096)
+    assert_same_trees(
+        search_trees(wide, requests, PARAMS), search_trees_one_node_at_a_time(wide, requests, PARAMS)
+    )
+    with pytest.raises(SelfAlignError, match="lower max_total_tokens"):
+        search_trees(with_window(24), requests, PARAMS)
 
 
 @pytest.mark.parametrize(

@@ -99,9 +99,17 @@ def test_rows_can_be_rearranged_between_calls():
     torch.testing.assert_close(kept, first[2:])
 
 
-@pytest.mark.parametrize("option", [{"sliding_window": 4}, {"softcap": 30.0}, {"s_aux": torch.zeros(2)}])
-def test_attention_options_it_does_not_implement_are_refused(option):
-    """A model asking for a window, a soft cap or sinks would silently get other attention."""
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"sliding_window": 4}, "sliding window of 4"),
+        ({"softcap": 30.0}, "softcap"),
+        ({"s_aux": torch.zeros(2)}, "s_aux"),
+    ],
+)
+def test_attention_options_it_does_not_implement_are_refused(option, message):
+    """A model asking for a soft cap, sinks, or a window that would hide part of a context would
+    silently get other attention; a window that holds the whole context hides nothing."""
     generator = torch.Generator().manual_seed(2)
     blocks = SharedBlocks([(normal(generator, 1, 2, 4, HEAD_DIM),) * 2], torch.ones(1, 4, dtype=torch.bool))
     blocks.use_rows([0])
@@ -109,8 +117,10 @@ def test_attention_options_it_does_not_implement_are_refused(option):
     module = torch.nn.Module()
     module.layer_idx = 0
     attention = AttentionInterface()[ATTENTION_NAME]
-    call = {"shared_prefix": SharedPrefix([blocks]), "scaling": 1.0, "sliding_window": None}
-    output, _ = attention(module, query, keys, values, None, **call)  # None is no option
-    assert output.shape == (1, 1, 2, HEAD_DIM)
-    with pytest.raises(SelfAlignError, match=next(iter(option))):
-        attention(module, query, keys, values, None, **{**call, **option})
+    call = {"shared_prefix": SharedPrefix([blocks]), "scaling": 1.0}
+    expected, _ = attention(module, query, keys, values, None, **call, sliding_window=None)
+    # The row's context: the block's 4 tokens and its own 1.
+    within, _ = attention(module, query, keys, values, None, **call, sliding_window=5)
+    torch.testing.assert_close(within, expected)
+    with pytest.raises(SelfAlignError, match=message):
+        attention(module, query, keys, values, None, **call, **option)

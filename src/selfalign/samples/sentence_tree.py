@@ -562,8 +562,7 @@ class _SharedCacheExpander:
     def _encode_prompts(self, inputs: BatchFeature, requests: Sequence[GenerationRequest]) -> None:
         cache = DynamicCache(config=self.model.config)
         if any(cache.is_sliding):
-            # Sliding windows count cache columns, and reused pieces move between columns.
-            raise SelfAlignError("the batched tree search needs a model without sliding-window attention")
+            self._check_window(inputs["input_ids"].shape[1])
         # The last token of each prompt (a text token: left padding puts it in the last column) is the
         # root's pending token, forwarded with the first depth.
         prefix = {name: inputs[name][:, :-1] for name in _PER_TOKEN_INPUTS if name in inputs}
@@ -585,6 +584,19 @@ class _SharedCacheExpander:
         self.stats.images_encoded += sum(len(request.images) for request in requests)
         self.stats.prompt_tokens += int(inputs["attention_mask"].sum())
         self.stats.prompt_tokens_forwarded += prefix["input_ids"].numel()
+
+    def _check_window(self, prompt_tokens: int) -> None:
+        """Sliding-window attention is exact here only if no context outgrows the window: the shared
+        attention attends to whole contexts, and reused pieces move between cache columns."""
+        window = self.model.config.get_text_config().sliding_window
+        longest = prompt_tokens + self.params.max_total_tokens
+        if window is None or window < longest:
+            raise SelfAlignError(
+                f"this model attends to the last {window} tokens only, and a context of this batch can "
+                f"reach {longest} ({prompt_tokens} prompt tokens + max_total_tokens "
+                f"{self.params.max_total_tokens}): the batched tree search needs whole contexts in the "
+                "window; lower max_total_tokens or use smaller images"
+            )
 
     def _prompt_positions(self, inputs: dict) -> torch.Tensor:
         """Positions of the left-padded prompt tokens: (prompts, tokens), or (3, prompts, tokens) for M-RoPE."""

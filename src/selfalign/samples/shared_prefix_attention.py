@@ -109,6 +109,10 @@ class SharedPrefix:
     def __init__(self, levels: Sequence[SharedBlocks]):
         self.levels = list(levels)
 
+    def context_tokens(self, own_tokens: int) -> int:
+        """The most tokens a row's context can hold: every level's widest block, then its own."""
+        return sum(level.score_bias.shape[-1] for level in self.levels) + own_tokens
+
     def attend(
         self,
         layer: int,
@@ -171,10 +175,17 @@ def _shared_prefix_attention(
 ) -> tuple[torch.Tensor, None]:
     if shared_prefix is None:
         raise SelfAlignError(f"the {ATTENTION_NAME} attention needs the forward pass's shared_prefix=")
-    # Options this attention does not implement: ignoring them would silently change the model.
-    unsupported = [name for name in ("sliding_window", "softcap", "s_aux") if kwargs.get(name) is not None]
+    # Options this attention does not implement: ignoring them would silently change the model. A
+    # sliding window that holds every token of the longest context masks nothing.
+    unsupported = [name for name in ("softcap", "s_aux") if kwargs.get(name) is not None]
     if unsupported:
         raise SelfAlignError(f"the {ATTENTION_NAME} attention does not support {', '.join(unsupported)}")
+    window, context = kwargs.get("sliding_window"), shared_prefix.context_tokens(key.shape[2])
+    if window is not None and window < context:
+        raise SelfAlignError(
+            f"the {ATTENTION_NAME} attention attends to whole contexts, and one of {context} tokens "
+            f"outgrows the model's sliding window of {window}"
+        )
     if attention_mask is not None and attention_mask.dtype != torch.bool:
         raise SelfAlignError(
             f"the {ATTENTION_NAME} attention expects a boolean mask, got {attention_mask.dtype}"
