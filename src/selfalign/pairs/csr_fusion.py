@@ -48,9 +48,10 @@ way, where final nodes are never pruned, that is every final node, as in the rel
 
 Beyond both: a tree without a usable pair gives a `NoPair` with a reason from `NO_PAIR_REASONS`
 instead of a crash or a pair of identical responses, and an empty response (EOS as the first
-token) is never a candidate: the released code drops it as too short. Ties are broken as the released code does,
-with node ids standing for generation order: siblings by node id, paths in depth-first order over
-children by node id; chosen = the first of the best paths, rejected = the last of the worst.
+token) is never a candidate: the released code drops it as too short. Ties are broken as the
+released code does, with node ids standing for generation order: siblings by node id, paths in
+depth-first order over children by node id; chosen = the first of the best paths, rejected = the
+last of the worst.
 """
 
 from __future__ import annotations
