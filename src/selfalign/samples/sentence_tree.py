@@ -76,9 +76,9 @@ does, for all live nodes of all prompts at once:
    between copying the cache at every step and forwarding done rows;
 3. score and prune; segments of pruned and ended nodes are dropped at the next depth.
 
-Attention over whole contexts is what the model computes only if its attention sees whole contexts:
-a model with sliding-window attention (Mistral-7B-v0.1 style) is searched when its window holds
-the longest context (the batch's prompt + `max_total_tokens`), and refused otherwise.
+The shared attention attends to whole contexts: a model with sliding-window attention
+(Mistral-7B-v0.1 style) is searched only when its window holds the longest context (the batch's
+prompt + `max_total_tokens`), and refused otherwise.
 
 Memory: each prompt's KV once, each live node's response once, each decoding row's sentence, and
 the segments of the depth's nodes; `batch_size` bounds them. (`generate(num_return_sequences=n)`,
