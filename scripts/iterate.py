@@ -19,6 +19,7 @@ At the end, `summary.json` and `summary.md` hold every round: its pairs, DPO met
 
 import json
 import logging
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,12 +49,20 @@ class IterateArguments:
         metadata={"help": "Recipe of scripts/evaluate.py, run on every round's model and the start."},
     )
     pairs_args: list[str] = field(
-        default_factory=list, metadata={"help": "Extra flags for the builder, e.g. [--image_folder, path]."}
+        default_factory=list,
+        metadata={
+            "help": "Extra flags for the builder: in YAML a list, e.g. [--image_folder, path]; on the "
+            'command line one quoted value, e.g. --pairs_args "--image_folder path --batch_size 8".'
+        },
     )
-    dpo_args: list[str] = field(default_factory=list, metadata={"help": "Extra flags for scripts/dpo.py."})
+    dpo_args: list[str] = field(
+        default_factory=list, metadata={"help": "Extra flags for scripts/dpo.py, given as pairs_args."}
+    )
     eval_args: list[str] = field(
         default_factory=list,
-        metadata={"help": "Extra flags for scripts/evaluate.py, e.g. [--eval_dataset, id]."},
+        metadata={
+            "help": "Extra flags for scripts/evaluate.py, given as pairs_args, e.g. [--eval_dataset, id]."
+        },
     )
     launcher: list[str] = field(
         default_factory=list,
@@ -78,12 +87,26 @@ class IterateArguments:
     )
 
     def __post_init__(self) -> None:
+        for name in ("pairs_args", "dpo_args", "eval_args"):
+            setattr(self, name, _split_quoted_flags(getattr(self, name)))
         if self.rounds < 1:
             raise SelfAlignError(f"rounds must be at least 1, got {self.rounds}")
         for name in ("pairs_config", "dpo_config", "eval_config"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise SelfAlignError(f"{name}: no recipe at '{path}'")
+
+
+def _split_quoted_flags(values: list[str]) -> list[str]:
+    """Flags quoted together on a command line ("--clip_model path --batch_size 8"), split as a shell
+    would. argparse takes no list item that starts with a dash, unless it holds a space."""
+    return [
+        part
+        for value in values
+        for part in (
+            shlex.split(value) if value.startswith("-") and any(c.isspace() for c in value) else [value]
+        )
+    ]
 
 
 class Progress:

@@ -2,6 +2,8 @@
 test Hub and loaded back, resumed at step granularity after an interruption."""
 
 import json
+import shlex
+import sys
 
 import pytest
 import torch
@@ -15,13 +17,10 @@ RECIPE = REPO / "recipes" / "tiny" / "csr" / "iterate.yaml"
 
 
 def iterate_args(image_folder, tiny_model_dirs, tiny_clip_dir, output_dir, *extra: str) -> list[str]:
-    # The builder's own flags go in the recipe: on a command line, argparse would read them as iterate's.
-    recipe = yaml.safe_load(RECIPE.read_text())
-    recipe["pairs_args"] = ["--image_folder", str(image_folder), "--clip_model", str(tiny_clip_dir)]
-    path = output_dir.parent / f"{output_dir.name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return ["--config", str(path), "--policy_model", str(tiny_model_dirs["llava"]), "--output_dir", str(output_dir),
-            *extra]  # fmt: skip
+    # The builder's own flags quoted together as one value, as a user types them on a command line.
+    pairs_args = shlex.join(["--image_folder", str(image_folder), "--clip_model", str(tiny_clip_dir)])
+    return ["--config", str(RECIPE), "--pairs_args", pairs_args, "--policy_model", str(tiny_model_dirs["llava"]),
+            "--output_dir", str(output_dir), *extra]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +91,28 @@ def test_a_rerun_goes_on_from_the_first_unfinished_step(
         "dataset_builders/csr_pairs.py", "scripts/dpo.py", "scripts/merge_adapter.py",  # round 3
     ]  # fmt: skip
     assert HfApi().model_info("selfalign-test/tiny-csr-iter3").sha
+
+
+def test_builder_flags_come_as_a_yaml_list_or_one_quoted_command_line_value(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from iterate import IterateArguments
+
+    from selfalign.config import parse_recipe
+
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["pairs_args"] = ["--image_folder", "my images", "--batch_size", "8"]
+    path = tmp_path / "iterate.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    (from_yaml,) = parse_recipe([IterateArguments], ["--config", str(path)])
+    assert from_yaml.pairs_args == ["--image_folder", "my images", "--batch_size", "8"]  # kept whole
+    (from_command_line,) = parse_recipe(
+        [IterateArguments],
+        ["--config", str(path), "--pairs_args", "--image_folder 'my images' --batch_size 4",
+         "--dpo_args=--learning_rate 1e-6", "--eval_args", "--eval_dataset shapes-eval"],
+    )  # fmt: skip
+    assert from_command_line.pairs_args == ["--image_folder", "my images", "--batch_size", "4"]
+    assert from_command_line.dpo_args == ["--learning_rate", "1e-6"]
+    assert from_command_line.eval_args == ["--eval_dataset", "shapes-eval"]
 
 
 def test_other_settings_in_the_same_folder_are_refused(
