@@ -3,15 +3,16 @@ test Hub and loaded back, resumed at step granularity after an interruption."""
 
 import json
 import shlex
-import sys
 
 import pytest
 import torch
 import yaml
 from datasets import load_dataset
-from helpers import REPO, run_script
+from helpers import REPO, load_script, run_script
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModelForImageTextToText
+
+from selfalign.config import parse_recipe
 
 RECIPE = REPO / "recipes" / "tiny" / "csr" / "iterate.yaml"
 
@@ -94,11 +95,7 @@ def test_a_rerun_goes_on_from_the_first_unfinished_step(
 
 
 def test_builder_flags_come_as_a_yaml_list_or_one_quoted_command_line_value(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from iterate import IterateArguments
-
-    from selfalign.config import parse_recipe
-
+    IterateArguments = load_script("iterate").IterateArguments
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["pairs_args"] = ["--image_folder", "my images", "--batch_size", "8"]
     path = tmp_path / "iterate.yaml"
