@@ -121,7 +121,7 @@ def test_missing_dataset(tiny_model_dirs, tmp_path):
 
 
 def test_image_max_pixels_only_for_dynamic_resolution_processors(tiny_model_dirs):
-    from selfalign.processor import load_vlm_processor
+    from selfalign.models import load_vlm_processor
 
     image = draw_shape("red", "circle", (128, 128))
     qwen = str(tiny_model_dirs["qwen2_vl"])

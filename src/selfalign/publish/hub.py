@@ -1,13 +1,12 @@
-"""Checks made before any long run that will push, the one folder-upload path, and revision pinning."""
+"""Checks made before any long run that will push, and the one folder-upload path."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import HfApi, ResolvedRevision, get_token
+from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from transformers.utils.hub import resolve_revision
 
 from selfalign.errors import SelfAlignError
 
@@ -57,18 +56,3 @@ def push_folder(
         ignore_patterns=ignore_patterns,
     )
     return commit.commit_url
-
-
-def pin_revision(model_name_or_path: str, revision: str | None) -> tuple[str | ResolvedRevision | None, str]:
-    """Resolve a branch or tag once, so that every file of a model comes from the same commit.
-
-    Returns what to pass as `revision=` to every `from_pretrained` of the model, and the revision to
-    record in cards and rows: "local" for a folder, the commit for a Hub repo, or the revision as
-    requested when neither the Hub nor the cache could resolve it.
-    """
-    resolved = resolve_revision(model_name_or_path, revision)
-    if Path(model_name_or_path).is_dir():
-        return resolved, "local"
-    if isinstance(resolved, ResolvedRevision):
-        return resolved, resolved.resolved
-    return resolved, revision or "main"

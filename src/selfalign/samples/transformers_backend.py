@@ -63,8 +63,8 @@ from transformers import (
 )
 
 from selfalign.errors import SelfAlignError
-from selfalign.processor import load_vlm_processor
-from selfalign.publish.hub import pin_revision
+from selfalign.models import load_vlm_processor
+from selfalign.models import pin_revision
 from selfalign.samples.sampler import Completion, FinishReason, GenerationRequest, SamplingParams
 
 logger = logging.getLogger(__name__)

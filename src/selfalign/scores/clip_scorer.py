@@ -36,7 +36,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from selfalign.errors import SelfAlignError
-from selfalign.publish.hub import pin_revision
+from selfalign.models import pin_revision
 
 logger = logging.getLogger(__name__)
 

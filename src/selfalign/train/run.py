@@ -13,7 +13,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import DatasetMixtureConfig, ModelConfig
 
 from selfalign.errors import SelfAlignError
-from selfalign.processor import load_vlm_processor
+from selfalign.models import load_vlm_processor
 from selfalign.publish.hub import check_can_push, push_folder
 from selfalign.publish.model_card import TrainingRun, render_model_card
 from selfalign.train.arguments import ScriptArguments
