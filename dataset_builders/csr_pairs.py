@@ -34,8 +34,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
-from selfalign.commands import setup_logging
-from selfalign.config import parse_recipe
+from selfalign.config import parse_recipe, setup_logging
 from selfalign.errors import SelfAlignError
 from selfalign.images import ImageSourceArguments, Rejection, open_source
 from selfalign.methods.csr import CsrArguments, TreeScoring, pairs_from_trees

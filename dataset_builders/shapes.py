@@ -35,8 +35,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
-from selfalign.commands import setup_logging
-from selfalign.config import parse_recipe
+from selfalign.config import parse_recipe, setup_logging
 from selfalign.errors import SelfAlignError
 from selfalign.images import compute_content_hash, row_id
 from selfalign.publish.dataset_card import DatasetCardInfo

@@ -33,8 +33,8 @@ from pathlib import Path
 import yaml
 
 # Neither imports the Hub clients, whose variables main() sets first.
-from selfalign.commands import run_entry_point
 from selfalign.errors import SelfAlignError
+from selfalign.rounds.commands import run_entry_point
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "shapes"
@@ -189,7 +189,7 @@ def run_demo(output: Path) -> None:
 
 
 def write_report(output: Path, reports: dict[str, dict]) -> None:
-    from selfalign.comparison import comparison_chart, comparison_markdown
+    from selfalign.evaluation.comparison import comparison_chart, comparison_markdown
 
     num_scenes = next(iter(reports.values()))["eval_set"]["num_scenes"]
     table = comparison_markdown(reports)

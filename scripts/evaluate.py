@@ -7,7 +7,7 @@ Greedy captions are scored with CHAIR (CHAIR_i, CHAIR_s, object recall, mean cap
 greedy answers to the POPE probes with POPE (accuracy, precision, recall, F1, yes-ratio per sampling
 strategy). Writes report.json (every number, the recipe, the model id and revision), report.md (a
 short table, also printed) and generations.jsonl (what the model wrote) into `output_dir`. The steps
-are `selfalign.evaluation.evaluate_model`.
+are `selfalign.evaluation.report.evaluate_model`.
 """
 
 import sys
@@ -17,10 +17,10 @@ from pathlib import Path
 # the import path and `import evaluate` would find this file. Drop the folder before importing.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from selfalign.commands import setup_logging  # noqa: E402
-from selfalign.config import parse_recipe  # noqa: E402
+from selfalign.config import parse_recipe, setup_logging  # noqa: E402
 from selfalign.errors import SelfAlignError  # noqa: E402
-from selfalign.evaluation import EvaluationArguments, evaluate_model, markdown_report  # noqa: E402
+from selfalign.evaluation.inputs import EvaluationArguments  # noqa: E402
+from selfalign.evaluation.report import evaluate_model, markdown_report  # noqa: E402
 
 RECIPE_DATACLASSES = (EvaluationArguments,)
 

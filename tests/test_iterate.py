@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 from datasets import load_dataset
-from helpers import REPO, load_script, run_script
+from helpers import REPO, run_script
 from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModelForImageTextToText
 
 from selfalign.config import parse_recipe
+from selfalign.rounds import IterateArguments
 
 RECIPE = REPO / "recipes" / "tiny" / "csr" / "iterate.yaml"
 
@@ -95,7 +96,6 @@ def test_a_rerun_goes_on_from_the_first_unfinished_step(
 
 
 def test_builder_flags_come_as_a_yaml_list_or_one_quoted_command_line_value(tmp_path):
-    IterateArguments = load_script("iterate").IterateArguments
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["pairs_args"] = ["--image_folder", "my images", "--batch_size", "8"]
     path = tmp_path / "iterate.yaml"

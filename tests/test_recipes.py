@@ -11,9 +11,10 @@ from trl import DatasetMixtureConfig, DPOConfig, ModelConfig, SFTConfig
 from selfalign.build.policy import PolicyArguments, PolicySamplingArguments
 from selfalign.build.runner import BuildArguments
 from selfalign.config import RecipeError, parse_recipe
-from selfalign.evaluation import EvaluationArguments
+from selfalign.evaluation.inputs import EvaluationArguments
 from selfalign.images import ImageSourceArguments
 from selfalign.methods.csr import CsrArguments
+from selfalign.rounds import IterateArguments
 from selfalign.synthetic import ShapesWorldArguments
 from selfalign.train.arguments import ScriptArguments
 
@@ -30,8 +31,8 @@ BUILDER_RECIPES = {
 # Method recipes, by (method folder, file name).
 METHOD_RECIPES = {
     ("csr", "pairs"): (ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments),
-    ("csr", "iterate"): (load_script("iterate").IterateArguments,),
-    ("csr", "iterate_scene_truth"): (load_script("iterate").IterateArguments,),
+    ("csr", "iterate"): (IterateArguments,),
+    ("csr", "iterate_scene_truth"): (IterateArguments,),
 }
 ACCELERATE_DIR = REPO / "recipes" / "accelerate_configs"
 # Values the configs themselves rewrite when constructed (TRL's ModelConfig, transformers' TrainingArguments).

@@ -19,7 +19,7 @@ from helpers import REPO, load_script
 
 from selfalign.config import parse_recipe
 from selfalign.errors import SelfAlignError
-from selfalign.evaluation import caption_scores, hallucination_kinds
+from selfalign.evaluation.metrics import caption_scores, hallucination_kinds
 
 REPORT_KEYS = {"model", "eval_set", "captions", "pope", "recipe", "seconds"}
 CAPTION_KEYS = {"chair_i", "chair_s", "recall", "mean_caption_words", "num_mentions", "num_captions"}

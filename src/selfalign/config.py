@@ -1,4 +1,6 @@
-"""Strict recipe parsing: YAML keys map onto dataclass fields, command-line flags override them.
+"""What every entry point does first: parse its recipe strictly, and set up its log lines.
+
+YAML keys map onto dataclass fields, command-line flags override them.
 
 TRL's parser takes a YAML file as defaults but lets a misspelt key through to a late, generic error
 and passes values of the wrong type on unchecked. Recipes here are checked key by key against the
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import logging
 import sys
 import types
 import typing
@@ -21,6 +24,16 @@ import yaml
 from trl import TrlParser
 
 from selfalign.errors import SelfAlignError
+
+# The Hub clients' HTTP libraries log one INFO line per request: dozens per push or load.
+_CHATTY_LOGGERS = ("httpx", "httpx2")
+
+
+def setup_logging() -> None:
+    """The entry points' log lines: INFO with the time and the logger, HTTP requests only at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RecipeError(SelfAlignError):

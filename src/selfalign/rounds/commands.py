@@ -7,7 +7,6 @@ and a launcher (`accelerate launch ...`, `torchrun ...`) can be put in front.
 
 from __future__ import annotations
 
-import logging
 import shlex
 import subprocess
 import sys
@@ -17,16 +16,7 @@ from pathlib import Path
 
 from selfalign.errors import SelfAlignError
 
-REPO = Path(__file__).resolve().parents[2]
-# The Hub clients' HTTP libraries log one INFO line per request: dozens per push or load.
-_CHATTY_LOGGERS = ("httpx", "httpx2")
-
-
-def setup_logging() -> None:
-    """The entry points' log lines: INFO with the time and the logger, HTTP requests only at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for name in _CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+REPO = Path(__file__).resolve().parents[3]
 
 
 def run_entry_point(script: str, args: Sequence[str], launcher: Sequence[str] = ()) -> float:

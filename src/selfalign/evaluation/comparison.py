@@ -1,8 +1,7 @@
 """Compare evaluated models: their `scripts/evaluate.py` reports side by side, as a table and a bar chart.
 
-Kept apart from `selfalign.evaluation` on purpose: that module imports the `evaluate` library, which
-a script in `scripts/` cannot import (scripts/evaluate.py shadows it there), and `make demo`'s script
-renders the comparison in-process.
+It imports nothing that imports the `evaluate` library, so that `make demo`'s script, which cannot
+import that library (scripts/evaluate.py shadows it there), renders the comparison in-process.
 """
 
 from __future__ import annotations
