@@ -1,7 +1,7 @@
 """`HubServer`: the offline Hub-compatible HTTP server, served from a background thread.
 
 Only the standard library is used (`http.server.ThreadingHTTPServer`), so running it needs no
-dependency beyond this package. The endpoints live in `routes.py`, the on-disk format in
+dependency beyond this package. The endpoints live in `routes/`, the on-disk format in
 `storage.py`.
 """
 

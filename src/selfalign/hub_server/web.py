@@ -130,6 +130,10 @@ class Router:
 
         return register
 
+    def include(self, other: Router) -> None:
+        """Match `other`'s routes too, after this one's."""
+        self._routes.extend(other._routes)
+
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str | None]]:
         method = "GET" if method == "HEAD" else method  # HEAD is answered like GET, without the body
         path_known = False
