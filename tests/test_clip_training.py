@@ -1,4 +1,5 @@
-"""scripts/train_clip.py on a small shapes world: training must help, and the result must load."""
+"""The tiny CLIP's training (selfalign.train.clip, run by scripts/train_clip.py) on a small shapes
+world: training must help, and the result must load."""
 
 import json
 import subprocess
@@ -17,6 +18,10 @@ from transformers import CLIPModel, CLIPProcessor
 
 from selfalign.config import RecipeError, parse_recipe
 from selfalign.tiny_zoo import build_tiny_clip
+from selfalign.train.clip.arguments import ClipTrainingArguments
+from selfalign.train.clip.metrics import attribute_discrimination
+from selfalign.train.clip.scenes import EncodedScenes, encode_scenes
+from selfalign.train.clip.training import pretrain_tower, train
 
 RETRIEVAL_KEYS = ("image_to_text_top1", "image_to_text_top5", "text_to_image_top1", "text_to_image_top5")
 
@@ -46,21 +51,23 @@ def clip_rows(tmp_path_factory) -> dict[str, Path]:
     return {"train": root / "train", "eval": root / "eval"}
 
 
-def clip_recipe(clip_rows, output_dir, *overrides: str):
-    train_clip = load_script("train_clip")
+def clip_recipe(clip_rows, output_dir, *overrides: str, dataclasses=(ClipTrainingArguments,)):
+    """The tiny recipe on `clip_rows`, parsed into the library's arguments (or into `dataclasses`)."""
     (args,) = parse_recipe(
-        (train_clip.ClipTrainingArguments,),
+        dataclasses,
         ["--config", str(REPO / "recipes" / "tiny" / "clip.yaml"), "--train_dataset", str(clip_rows["train"]),
          "--eval_dataset", str(clip_rows["eval"]), "--output_dir", str(output_dir), *overrides],
     )  # fmt: skip
-    return train_clip, args
+    return args
 
 
 def test_training_improves_held_out_retrieval_and_publishes(tmp_path, hub_server, clip_rows):
     repo_id = f"tests/shapes-clip-{uuid.uuid4().hex[:8]}"
-    train_clip, args = clip_recipe(
-        clip_rows, tmp_path / "clip", "--push_to_hub", "true", "--hub_model_id", repo_id
-    )
+    train_clip = load_script("train_clip")
+    args = clip_recipe(
+        clip_rows, tmp_path / "clip", "--push_to_hub", "true", "--hub_model_id", repo_id,
+        dataclasses=train_clip.RECIPE_DATACLASSES,
+    )  # fmt: skip
     train_clip.main(args)
 
     metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
@@ -111,10 +118,9 @@ class ScoresByObject:
 
 
 def test_attribute_discrimination_counts_present_against_absent_rivals(tmp_path):
-    train_clip = load_script("train_clip")
     processor = CLIPProcessor.from_pretrained(build_tiny_clip(tmp_path / "clip"))
     captions = ["There is a red circle.", "Two shapes: a blue square and a red star."]
-    scenes = train_clip.EncodedScenes(torch.zeros(2, 3, 32, 32), captions, [[], []])
+    scenes = EncodedScenes(torch.zeros(2, 3, 32, 32), captions, [[], []])
     # Vocabulary (colours x shapes, sorted): blue circle, blue square, blue star, red circle, red square, red star.
     image_scores = torch.tensor(
         [
@@ -122,7 +128,7 @@ def test_attribute_discrimination_counts_present_against_absent_rivals(tmp_path)
             [0.0, 1.0, 1.5, 0.0, 0.0, 1.0],  # blue square, red star present; the absent blue star beats both
         ]
     )
-    metrics = train_clip.attribute_discrimination(ScoresByObject(image_scores), processor, scenes)
+    metrics = attribute_discrimination(ScoresByObject(image_scores), processor, scenes)
     # Shape rivals: red circle vs red square (lost), red star (won); blue square vs blue circle (won),
     # blue star (lost); red star vs red circle, red square (won both): 4 of 6.
     # Colour rivals: red circle vs blue circle (won); blue square vs red square (won); red star vs
@@ -141,28 +147,28 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> list[st
 def test_tower_pretraining_teaches_the_tower_then_the_locked_stage_trains_only_the_text_side(
     tmp_path, clip_rows
 ):
-    train_clip, args = clip_recipe(
+    args = clip_recipe(
         clip_rows, tmp_path / "clip", "--tower_pretraining_steps", "80", "--lock_vision_tower", "true",
         "--max_steps", "40",
     )  # fmt: skip
     model = CLIPModel.from_pretrained(build_tiny_clip(tmp_path / "initial"))
     processor = CLIPProcessor.from_pretrained(tmp_path / "initial")
-    scenes = train_clip.encode_scenes(load_dataset(str(clip_rows["train"]), split="train"), processor)
+    scenes = encode_scenes(load_dataset(str(clip_rows["train"]), split="train"), processor)
 
     initial = weights(model)
-    losses = train_clip.pretrain_tower(model, scenes, args)
+    losses = pretrain_tower(model, scenes, args)
     assert len(losses) == 80 and sum(losses[-10:]) < sum(losses[:10]) - 1.0  # 10 steps: mean falls by 0.1
     moved = changed(initial, model)
     assert moved and all(name.startswith("vision_model.") for name in moved)  # the tower alone
 
     pretrained = weights(model)
-    train_clip.train(model, processor, scenes, args)
+    train(model, processor, scenes, args)
     moved = changed(pretrained, model)
     assert not [name for name in moved if name.startswith("vision_model.")], "the locked tower moved"
     assert any(name.startswith("text_model.") for name in moved)
     assert "visual_projection.weight" in moved  # the image embedding's projection still learns
 
-    train_clip.main(args)  # the whole script with both stages
+    load_script("train_clip").main(args)  # the whole script with both stages
     metrics = json.loads((tmp_path / "clip" / "metrics.json").read_text())
     assert metrics["tower_pretraining_loss_last_steps"] < metrics["tower_pretraining_loss_first_steps"]
     assert "the vision tower locked (LiT)" in (tmp_path / "clip" / "README.md").read_text()
@@ -171,6 +177,9 @@ def test_tower_pretraining_teaches_the_tower_then_the_locked_stage_trains_only_t
 def test_a_locked_tower_must_be_pretrained_and_the_preset_must_exist(tmp_path, clip_rows):
     with pytest.raises(RecipeError, match="tower_pretraining_steps > 0"):
         clip_recipe(clip_rows, tmp_path / "clip", "--lock_vision_tower", "true")
-    with pytest.raises(RecipeError, match="unknown preset 'huge'"):
-        clip_recipe(clip_rows, tmp_path / "clip", "--preset", "huge")
+    with pytest.raises(RecipeError, match="unknown preset 'huge'"):  # the script's check: the zoo's sizes
+        clip_recipe(
+            clip_rows, tmp_path / "clip", "--preset", "huge",
+            dataclasses=load_script("train_clip").RECIPE_DATACLASSES,
+        )  # fmt: skip
     assert not (tmp_path / "clip").exists()

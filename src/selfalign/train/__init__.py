@@ -1,1 +1,2 @@
-"""Shared pieces of the training entry points (scripts/sft.py, scripts/dpo.py)."""
+"""The training entry points' logic: SFT and DPO runs (scripts/sft.py, scripts/dpo.py), merging an
+adapter (scripts/merge_adapter.py) and the tiny CLIP's training (scripts/train_clip.py)."""
