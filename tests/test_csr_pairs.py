@@ -63,7 +63,7 @@ def test_the_card_says_how_pairs_were_chosen_and_plots_clip_scores(built):
 def test_same_pairs_whatever_the_batch_size(built, image_folder, tiny_model_dirs, tiny_clip_dir, tmp_path):
     """Each row grows its tree from its own seed, so the batch does not choose its samples. Padding still
     changes the last bits of the logits; a near-uniform tiny model occasionally flips a sampled token on
-    that (selfalign.samples.sentence_tree, "Determinism"), so a row or two may differ, not the dataset."""
+    that (selfalign.samples.tree.rules, "Determinism"), so a row or two may differ, not the dataset."""
     output, _ = built
     other = tmp_path / "batch1"
     run_builder(

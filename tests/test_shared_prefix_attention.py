@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from selfalign.errors import SelfAlignError
-from selfalign.samples.shared_prefix_attention import ATTENTION_NAME, SharedBlocks, SharedPrefix
+from selfalign.samples.tree.shared_prefix_attention import ATTENTION_NAME, SharedBlocks, SharedPrefix
 
 HEAD_DIM = 8
 

@@ -8,7 +8,8 @@ from selfalign.samples.sampler import (
     SamplingParams,
     sample,
 )
-from selfalign.samples.sentence_tree import (
+from selfalign.samples.transformers_backend import TransformersBackend
+from selfalign.samples.tree import (
     NodeFinishReason,
     SentenceTree,
     TreeNode,
@@ -17,7 +18,6 @@ from selfalign.samples.sentence_tree import (
     search_trees,
     search_trees_one_node_at_a_time,
 )
-from selfalign.samples.transformers_backend import TransformersBackend
 
 __all__ = [
     "Completion",

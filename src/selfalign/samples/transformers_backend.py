@@ -34,7 +34,7 @@ Ends. A stopping criterion records, per row, the step and reason it finished: EO
 generation config's EOS ids) or a stop string (transformers' `StopStringCriteria`, which needs the
 tokenizer and matches across token boundaries). Tokens after that step are padding and dropped.
 
-Prefix reuse (for CSR's sentence tree, done in `selfalign.samples.sentence_tree`): after a forward
+Prefix reuse (for CSR's sentence tree, done in `selfalign.samples.tree`): after a forward
 pass over images + prompt with `use_cache=True`, `generate(input_ids=prompt + continuation,
 past_key_values=<copy of the cache>)` continues without `pixel_values` (Qwen2-VL also needs
 `image_grid_thw`; it keeps its M-RoPE offsets in `model.model.rope_deltas`, set by the last prefill).
@@ -63,8 +63,7 @@ from transformers import (
 )
 
 from selfalign.errors import SelfAlignError
-from selfalign.models import load_vlm_processor
-from selfalign.models import pin_revision
+from selfalign.models import load_vlm_processor, pin_revision
 from selfalign.samples.sampler import Completion, FinishReason, GenerationRequest, SamplingParams
 
 logger = logging.getLogger(__name__)

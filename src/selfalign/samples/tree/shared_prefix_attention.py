@@ -1,6 +1,6 @@
 """Attention for many rows that share the start of their context, each shared block held once.
 
-In the batched tree search (`sentence_tree.py`) every row being decoded is a child: it continues
+In the batched tree search (`shared_cache_expander.py`) every row being decoded is a child: it continues
 its parent's response, which continues one prompt of the batch, and up to 15 rows share a prompt
 (3 live nodes x 5 children), 5 a parent. Holding the whole context in every row costs memory rows x
 context length (LLaVA-1.5-7B: 576 image + ~64 text tokens at 0.5 MiB a token, 0.31 GiB a row before
