@@ -69,7 +69,7 @@ def tiny_clip_dir() -> Path:
 @pytest.fixture(scope="session")
 def local_datasets(tmp_path_factory) -> dict[str, Path]:
     """The tiny preference and SFT sets, written in Hub layout to local folders."""
-    from selfalign.tiny_data import preference_dataset, save_hub_layout, sft_dataset
+    from selfalign.tiny_zoo.data import preference_dataset, save_hub_layout, sft_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     return {
@@ -88,7 +88,7 @@ def pytest_sessionfinish(session, exitstatus):
 def image_folder(tmp_path_factory) -> Path:
     """24 distinct shape images (3 sizes, 2 of them not square) in nested folders, one exact duplicate
     and three bad files: what the image builders are run on."""
-    from selfalign.tiny_data import COLOURS, SHAPES, draw_shape
+    from selfalign.tiny_zoo.data import COLOURS, SHAPES, draw_shape
 
     folder = tmp_path_factory.mktemp("images")
     for colour in COLOURS:

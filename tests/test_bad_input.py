@@ -8,7 +8,7 @@ from helpers import REPO, run_script
 from test_training import run_main
 
 from selfalign.errors import SelfAlignError
-from selfalign.tiny_data import draw_shape, preference_dataset, save_hub_layout
+from selfalign.tiny_zoo.data import draw_shape, preference_dataset, save_hub_layout
 
 DPO_RECIPE = str(REPO / "recipes" / "tiny" / "dpo_lora.yaml")
 

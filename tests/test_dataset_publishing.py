@@ -19,7 +19,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 from selfalign.errors import SelfAlignError
 from selfalign.publish.dataset import push_dataset, size_category, write_hub_layout
 from selfalign.publish.dataset_card import DatasetCardInfo, write_dataset_card
-from selfalign.tiny_data import COLOURS, draw_shape
+from selfalign.tiny_zoo.data import COLOURS, draw_shape
 
 TURN = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
 FEATURES = Features(

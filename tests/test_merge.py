@@ -7,7 +7,7 @@ from test_training import run_main
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from selfalign.config import parse_recipe
-from selfalign.tiny_data import draw_shape
+from selfalign.tiny_zoo.data import draw_shape
 
 
 def test_merged_model_matches_base_plus_adapter(tiny_model_dirs, local_datasets, tmp_path):

@@ -13,7 +13,7 @@ from test_training import run_main
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from selfalign.publish.hub import push_folder
-from selfalign.tiny_data import draw_shape, preference_dataset
+from selfalign.tiny_zoo.data import draw_shape, preference_dataset
 
 
 def test_adapter_round_trip_through_the_hub(hub_server, tiny_model_dirs, tmp_path):

@@ -10,8 +10,8 @@ from huggingface_hub import HfApi
 from selfalign.errors import SelfAlignError
 from selfalign.publish.hub import push_folder
 from selfalign.samples import GenerationRequest, SamplingParams, TransformersBackend, sample
-from selfalign.tiny_data import draw_shape
 from selfalign.tiny_zoo import FAMILIES, LLAVA_CHAT_TEMPLATE
+from selfalign.tiny_zoo.data import draw_shape
 
 # Prompts of different lengths and images of different sizes and aspect ratios, so that batches
 # are left-padded and (for llava_next and the Qwen families) hold different numbers of image tokens.

@@ -22,7 +22,7 @@ from selfalign.samples import (
     search_trees,
     search_trees_one_node_at_a_time,
 )
-from selfalign.tiny_data import draw_shape
+from selfalign.tiny_zoo.data import draw_shape
 
 # Prompts of different lengths and images of different sizes, so that the prompts of a batch are
 # padded and (for Qwen) hold different numbers of image tokens.

@@ -13,8 +13,8 @@ from helpers import REPO, load_script
 from test_recipes import RECIPES, recipe_dataclasses
 
 from selfalign.config import parse_recipe
-from selfalign.tiny_data import preference_dataset, save_hub_layout
 from selfalign.tiny_zoo import FAMILIES
+from selfalign.tiny_zoo.data import preference_dataset, save_hub_layout
 
 # The tiny family that shares each seed model's architecture.
 SEED_MODEL_FAMILY = {
