@@ -6,8 +6,8 @@
 Prints weights, LoRA/trainable weights, gradients, optimizer states, reference model, activations
 (with and without activation checkpointing) and overheads, in GiB per GPU. It is an ESTIMATE:
 parameter counts are exact (the model is built on the meta device from its config; the seed models'
-configs ship in src/selfalign/model_facts/), activations and framework overheads are approximations,
-and the CUDA context plus allocator fragmentation add ~1-3 GB per GPU.
+configs ship in src/selfalign/memory/model_facts/), activations and framework overheads are
+approximations, and the CUDA context plus allocator fragmentation add ~1-3 GB per GPU.
 
 Recipe keys can be overridden as for the training scripts (`--per_device_train_batch_size 4`).
 """
