@@ -18,7 +18,6 @@ place: an oracle ablation that shows how far CSR gets when its scorer never errs
 """
 
 import logging
-import sys
 from collections import Counter
 
 from datasets import Features, Image, List, Value
@@ -34,8 +33,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
-from selfalign.config import parse_recipe, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.config import run_main
 from selfalign.images import ImageSourceArguments, Rejection, open_source
 from selfalign.methods.csr import CsrArguments, TreeScoring, pairs_from_trees
 from selfalign.pairs import NO_PAIR_REASONS, NoPair
@@ -199,8 +197,4 @@ def _description(args: CsrArguments, dropped: Counter, truncated: int) -> str:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe((ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments)))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, (ImageSourceArguments, PolicyArguments, CsrArguments, BuildArguments))

@@ -8,8 +8,6 @@ deduplicated image dataset in Hub layout, published when asked. The first stage 
 Every rejected input is listed with its reason in <output_dir>/rejects.jsonl and counted in the card.
 """
 
-import sys
-
 from datasets import Features, Image, Value
 
 from selfalign.build.runner import (
@@ -19,8 +17,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
-from selfalign.config import parse_recipe, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.config import run_main
 from selfalign.images import (
     ImageSourceArguments,
     LoadedImage,
@@ -96,8 +93,4 @@ def main(source_args: ImageSourceArguments, build_args: BuildArguments) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe((ImageSourceArguments, BuildArguments)))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, (ImageSourceArguments, BuildArguments))

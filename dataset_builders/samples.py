@@ -7,8 +7,6 @@ The same dataset comes out whatever the number of processes or the batch size: e
 with its own seed. A killed run restarted with the same command resumes from its finished shards.
 """
 
-import sys
-
 from datasets import Features, Image, List, Value
 
 from selfalign.build.conversation import MESSAGES, user_turn
@@ -22,8 +20,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
-from selfalign.config import parse_recipe, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.config import run_main
 from selfalign.images import ImageSourceArguments, open_source
 from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
@@ -99,8 +96,4 @@ def main(
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe((ImageSourceArguments, PolicySamplingArguments, BuildArguments)))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, (ImageSourceArguments, PolicySamplingArguments, BuildArguments))

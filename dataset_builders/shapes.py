@@ -20,7 +20,6 @@ Kinds with one image per row name it `image`, with `instruction`/`reference`, so
 an image source (`dataset_name: <folder>`) for the sampling and pair builders.
 """
 
-import sys
 from collections.abc import Mapping
 from dataclasses import asdict
 
@@ -35,8 +34,7 @@ from selfalign.build.runner import (
     recipe_values,
     run_sharded_build,
 )
-from selfalign.config import parse_recipe, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.config import run_main
 from selfalign.images import compute_content_hash, row_id
 from selfalign.publish.dataset_card import DatasetCardInfo
 from selfalign.publish.hub import check_can_push
@@ -221,8 +219,4 @@ def main(args: ShapesWorldArguments, build_args: BuildArguments) -> None:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe((ShapesWorldArguments, BuildArguments)))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, (ShapesWorldArguments, BuildArguments))

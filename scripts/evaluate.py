@@ -17,8 +17,7 @@ from pathlib import Path
 # the import path and `import evaluate` would find this file. Drop the folder before importing.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from selfalign.config import parse_recipe, setup_logging  # noqa: E402
-from selfalign.errors import SelfAlignError  # noqa: E402
+from selfalign.config import run_main  # noqa: E402
 from selfalign.evaluation.inputs import EvaluationArguments  # noqa: E402
 from selfalign.evaluation.report import evaluate_model, markdown_report  # noqa: E402
 
@@ -33,8 +32,4 @@ def main(args: EvaluationArguments) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe(RECIPE_DATACLASSES))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, RECIPE_DATACLASSES)

@@ -7,10 +7,7 @@ rerun goes on from the first unfinished one, and every round is published with `
 steps are `selfalign.rounds`.
 """
 
-import sys
-
-from selfalign.config import parse_recipe, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.config import run_main
 from selfalign.rounds import IterateArguments, run_rounds
 
 RECIPE_DATACLASSES = (IterateArguments,)
@@ -23,8 +20,4 @@ def main(args: IterateArguments) -> str:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe(RECIPE_DATACLASSES))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, RECIPE_DATACLASSES)

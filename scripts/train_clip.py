@@ -18,13 +18,11 @@ The output folder holds the model and processor in the standard layout (`CLIPMod
 retrieval accuracy (top-1, top-5) over the held-out scenes' captions, before and after training.
 """
 
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfalign.config import parse_recipe, setup_logging
-from selfalign.errors import SelfAlignError
+from selfalign.config import run_main
 from selfalign.tiny_zoo import PRESETS, build_tiny_clip
 from selfalign.train.clip import arguments
 from selfalign.train.clip.run import run_clip_training
@@ -50,8 +48,4 @@ def main(args: arguments.ClipTrainingArguments) -> dict:
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(*parse_recipe(RECIPE_DATACLASSES))
-    except SelfAlignError as error:
-        sys.exit(f"error: {error}")
+    run_main(main, RECIPE_DATACLASSES)

@@ -16,7 +16,7 @@ import logging
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,16 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_main(main: Callable[..., object], dataclass_types: Sequence[type]) -> None:
+    """An entry point's `__main__`: its log lines, its recipe parsed from the command line into
+    `main`'s arguments, and a SelfAlignError shown as one `error: ...` line and exit status 1."""
+    setup_logging()
+    try:
+        main(*parse_recipe(dataclass_types))
+    except SelfAlignError as error:
+        sys.exit(f"error: {error}")
 
 
 class RecipeError(SelfAlignError):
