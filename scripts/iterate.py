@@ -8,7 +8,8 @@ steps are `selfalign.rounds`.
 """
 
 from selfalign.config import run_main
-from selfalign.rounds import IterateArguments, run_rounds
+from selfalign.rounds.arguments import IterateArguments
+from selfalign.rounds.runner import run_rounds
 
 RECIPE_DATACLASSES = (IterateArguments,)
 

@@ -30,15 +30,19 @@ def run_script(name: str, *args: str, cwd: Path | None = None, env: dict | None 
     )
 
 
-def run_builder(name: str, *args: str, launcher: tuple[str, ...] = ()):
+def run_builder(name: str, *args: str, launcher: tuple[str, ...] = (), env: dict[str, str] | None = None):
     """Run `dataset_builders/<name>.py` the way a user does (optionally under a launcher such as
-    torchrun); fail the test with its stderr if it fails; return the CompletedProcess."""
+    torchrun, with `env` added to the environment); fail the test with its stderr if it fails; return
+    the CompletedProcess."""
+    import os
     import subprocess
 
     command = [*launcher, str(REPO / "dataset_builders" / f"{name}.py"), *args]
     if not launcher:
         command.insert(0, sys.executable)
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

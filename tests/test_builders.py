@@ -87,9 +87,12 @@ def test_killed_build_resumes_to_the_same_dataset(image_folder, tiny_model_dirs,
 def test_two_processes_build_the_same_dataset_as_one(image_folder, tiny_model_dirs, tmp_path):
     policy = tiny_model_dirs["qwen2_vl"]
     one, two = tmp_path / "one", tmp_path / "two"
-    run_builder("samples", *samples_args(image_folder, policy, one))
+    # One thread per process in both runs, as torchrun sets by default: a float sum's rounding depends
+    # on how many threads share it (about 1e-6 on a log-probability), whatever the sharding does.
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    run_builder("samples", *samples_args(image_folder, policy, one), env=one_thread)
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    result = run_builder("samples", *samples_args(image_folder, policy, two), launcher=torchrun)
+    result = run_builder("samples", *samples_args(image_folder, policy, two), launcher=torchrun, env=one_thread)
 
     assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr
     assert rows_of(two) == rows_of(one)

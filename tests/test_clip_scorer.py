@@ -70,7 +70,9 @@ def test_each_image_is_encoded_once(scorer, images):
         hook.remove()
     assert sum(encoded_rows) == 2
     assert scorer.stats.images_encoded - before == 2
-    assert scores[2] == scores[0][:2]
+    # The same image embedding, against text encoded in a batch of 2 instead of 12: equal up to the
+    # rounding of a different batch shape.
+    assert scores[2] == pytest.approx(scores[0][:2], rel=1e-5)
     assert scores[3] == []
 
 

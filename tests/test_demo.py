@@ -12,6 +12,17 @@ from helpers import REPO
 POLICY_ID = "selfalign-demo/shapes-policy"
 
 
+def test_the_demo_loads_no_hub_client_before_it_points_them_at_its_own_server():
+    # huggingface_hub reads HF_ENDPOINT once, when first imported; the demo sets it in main().
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "import runpy, sys; runpy.run_path(sys.argv[1]); print('huggingface_hub' in sys.modules)",
+         str(REPO / "scripts" / "demo.py")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert loaded.stdout.strip() == "False"
+
+
 @pytest.mark.timeout(1800)  # the whole showcase: about twelve minutes on 2 cores
 def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     # The demo starts its own Hub server and sets its own Hub variables, as on a user's machine.

@@ -13,7 +13,7 @@ from huggingface_hub import HfApi, ModelCard
 from transformers import AutoModelForImageTextToText
 
 from selfalign.config import parse_recipe
-from selfalign.rounds import IterateArguments
+from selfalign.rounds.arguments import IterateArguments
 
 RECIPE = REPO / "recipes" / "tiny" / "csr" / "iterate.yaml"
 

@@ -14,7 +14,7 @@ from selfalign.config import RecipeError, parse_recipe
 from selfalign.evaluation.inputs import EvaluationArguments
 from selfalign.images import ImageSourceArguments
 from selfalign.methods.csr import CsrArguments
-from selfalign.rounds import IterateArguments
+from selfalign.rounds.arguments import IterateArguments
 from selfalign.synthetic import ShapesWorldArguments
 from selfalign.train.arguments import ScriptArguments
 

@@ -17,9 +17,7 @@ With `push_to_hub`, round k's pairs go to `<hub_dataset_id>-iter<k>` and its mer
 in `<output_dir>/progress.json`, so a rerun of the same command after an interruption goes on from the
 first unfinished step (a builder also resumes from its finished shards, DPO from its last checkpoint).
 At the end, `summary.json` and `summary.md` hold every round: its pairs, DPO metrics, model and scores.
+
+The package itself imports nothing: `scripts/demo.py` takes `commands.run_entry_point` before it sets
+the Hub variables, which `huggingface_hub` reads once, when it is first imported.
 """
-
-from selfalign.rounds.arguments import IterateArguments
-from selfalign.rounds.runner import run_rounds
-
-__all__ = ["IterateArguments", "run_rounds"]
