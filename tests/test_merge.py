@@ -17,7 +17,7 @@ def test_merged_model_matches_base_plus_adapter(tiny_model_dirs, local_datasets,
                      "--dataset_name", str(local_datasets["dpo"]), "--output_dir", str(adapter)])  # fmt: skip
 
     merge = load_script("merge_adapter")
-    merged = merge.main(*parse_recipe([merge.MergeArguments], [
+    merged = merge.main(*parse_recipe(merge.RECIPE_DATACLASSES, [
         "--adapter", str(adapter), "--output_dir", str(tmp_path / "merged"), "--dtype", "float32",
         "--base_model_id", "llava-hf/llava-1.5-7b-hf",
     ]))  # fmt: skip
