@@ -9,10 +9,13 @@ One run writes one kind of rows; the inputs are scene indices, so builds shard, 
 multi-process like every other builder. Rows:
 
 - sft: `images`, `messages` (DESIGN.md §3 SFT contract): per scene one captioning conversation and
-  `questions_per_scene` question/answer ones, for training a policy with scripts/sft.py.
+  `questions_per_scene` question/answer ones, for training a policy with scripts/sft.py. With the
+  noisy annotator's rates (selfalign.synthetic.annotator), a caption may also name absent
+  companions; `annotator_added` lists them (empty on true rows).
 - eval: held-out scenes: `image`, `instruction` (a describe prompt), `reference` (a true caption),
   the ground-truth `objects` ("colour shape", the CHAIR list), their details and relations, counts,
-  and `pope` probes (random / popular / adversarial, balanced yes/no).
+  `pope` probes (random / popular / adversarial, balanced yes/no), and the world's `companions`
+  (each object with its companion; empty in a world without them). Never noisy.
 - clip: `image`, `caption` and per-object `sentences`, for training a tiny CLIP.
 - qa: `image`, `instruction`, `reference` (a reference answer): IPA's input.
 
@@ -59,7 +62,9 @@ from selfalign.synthetic import (
 TEXT = Value("string")
 COMMON = {"id": TEXT, "scene_seed": Value("int64")}
 FEATURES = {
-    "sft": Features({**COMMON, "images": List(Image()), "messages": MESSAGES, "task": TEXT}),
+    "sft": Features(
+        {**COMMON, "images": List(Image()), "messages": MESSAGES, "task": TEXT, "annotator_added": List(TEXT)}
+    ),
     "eval": Features(
         {
             **COMMON,
@@ -75,6 +80,7 @@ FEATURES = {
             "shape_counts": {shape: Value("int32") for shape in SHAPES},
             "colour_counts": {colour: Value("int32") for colour in COLOURS},
             "pope": List({"strategy": TEXT, "object": TEXT, "question": TEXT, "answer": TEXT}),
+            "companions": List({"object": TEXT, "companion": TEXT}),
         }
     ),
     "clip": Features({**COMMON, "image": Image(), "caption": TEXT, "sentences": List(TEXT)}),
@@ -85,7 +91,8 @@ FEATURES = {
 
 DESCRIPTIONS = {
     "sft": "Captioning and question-answering conversations about synthetic scenes of coloured shapes, "
-    "every answer true to the scene, for supervised fine-tuning.",
+    "for supervised fine-tuning; every answer is true to the scene except the absent companions a "
+    "noisy annotator names at the recipe's rates (listed per row in `annotator_added`).",
     "eval": "Held-out synthetic scenes of coloured shapes with their exact ground truth (objects, "
     "attributes, boxes, relations, counts), a reference caption and POPE yes/no probes (random, "
     "popular, adversarial), for measuring hallucination with CHAIR and POPE.",
@@ -101,6 +108,7 @@ class RowMaker:
 
     def __init__(self, args: ShapesWorldArguments, world: World, frequencies: Mapping[str, int]):
         self.args, self.world, self.frequencies = args, world, frequencies
+        self.annotator = args.annotator()
         self.make = {
             "sft": self._sft_rows,
             "eval": self._eval_rows,
@@ -126,14 +134,20 @@ class RowMaker:
         return questions(scene, self.world, rng_for(scene, "questions"), self.args.questions_per_scene)
 
     def _sft_rows(self, scene: Scene, image: PILImage) -> list[tuple[str, dict]]:
-        conversations = [("caption", self._caption_prompt(scene), self._caption(scene))]
-        conversations += [(qa.question_type, qa.question, qa.answer) for qa in self._questions(scene)]
+        believed, added = self.annotator.believed_scene(scene, rng_for(scene, "annotator"))
+        conversations = [("caption", self._caption_prompt(scene), self._caption(believed), added)]
+        conversations += [(qa.question_type, qa.question, qa.answer, []) for qa in self._questions(scene)]
         return [
             (
                 prompt,
-                {"images": [image], "messages": user_turn(prompt) + assistant_turn(answer), "task": task},
+                {
+                    "images": [image],
+                    "messages": user_turn(prompt) + assistant_turn(answer),
+                    "task": task,
+                    "annotator_added": added,
+                },
             )
-            for task, prompt, answer in conversations
+            for task, prompt, answer, added in conversations
         ]
 
     def _eval_rows(self, scene: Scene, image: PILImage) -> list[tuple[str, dict]]:
@@ -158,6 +172,10 @@ class RowMaker:
             "shape_counts": scene.shape_counts(),
             "colour_counts": scene.colour_counts(),
             "pope": [asdict(probe) for probe in probes],
+            "companions": [
+                {"object": phrase, "companion": companion}
+                for phrase, companion in self.world.companion_pairs().items()
+            ],
         }
         return [(prompt, row)]
 

@@ -337,7 +337,7 @@ def test_every_word_is_in_the_tiny_tokenizers_vocabulary(tiny_model_dirs):
 
 # Columns and rows per kind for recipes/tiny/shapes.yaml: 24 train scenes, 12 eval scenes, 2 questions.
 EXPECTED = {
-    "sft": ({"id", "scene_seed", "images", "messages", "task"}, 24 * 3),
+    "sft": ({"id", "scene_seed", "images", "messages", "task", "annotator_added"}, 24 * 3),
     "eval": (
         {
             "id",
@@ -352,6 +352,7 @@ EXPECTED = {
             "shape_counts",
             "colour_counts",
             "pope",
+            "companions",
         },
         12,
     ),  # fmt: skip

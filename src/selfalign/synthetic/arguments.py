@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from selfalign.errors import SelfAlignError
+from selfalign.synthetic.annotator import NoisyAnnotator
 from selfalign.synthetic.scenes import COLOURS, SHAPES, World
 
 
@@ -39,6 +41,33 @@ class ShapesWorldArguments:
         metadata={"help": f"Object shapes, most common first; from: {', '.join(SHAPES)}."},
     )
     clutter: bool = field(default=True, metadata={"help": "Draw grey specks and faint lines (not objects)."})
+    companions: bool = field(
+        default=False,
+        metadata={
+            "help": "Give each object a companion: the next colour and the next shape in the lists "
+            "(red circle -> green square)."
+        },
+    )
+    companion_rate: float = field(
+        default=0.0,
+        metadata={"help": "How often a placed object's companion takes the next cell (needs companions)."},
+    )
+    annotator_noise_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "Kind sft: how often a caption also names the absent companion of a present object "
+            "(the noisy annotator, selfalign.synthetic.annotator). Eval, CLIP and QA rows stay true."
+        },
+    )
+    annotator_strong_objects: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Objects whose absent companion the annotator names at annotator_strong_noise_rate."
+        },
+    )
+    annotator_strong_noise_rate: float = field(
+        default=0.0, metadata={"help": "The noise rate of annotator_strong_objects."}
+    )
     questions_per_scene: int = field(
         default=1, metadata={"help": "Question/answer rows per scene (kinds sft and qa), of distinct types."}
     )
@@ -51,6 +80,10 @@ class ShapesWorldArguments:
         negative = [name for name in counts if getattr(self, name) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must not be negative")
+        try:  # the world's own checks, at parse time: a bad recipe fails before any build starts
+            self.annotator()
+        except SelfAlignError as error:
+            raise ValueError(str(error)) from error
 
     def world(self) -> World:
         return World(
@@ -61,6 +94,16 @@ class ShapesWorldArguments:
             colours=tuple(self.colours),
             shapes=tuple(self.shapes),
             clutter=self.clutter,
+            companions=self.companions,
+            companion_rate=self.companion_rate,
+        )
+
+    def annotator(self) -> NoisyAnnotator:
+        return NoisyAnnotator(
+            self.world(),
+            noise_rate=self.annotator_noise_rate,
+            strong_objects=tuple(self.annotator_strong_objects),
+            strong_noise_rate=self.annotator_strong_noise_rate,
         )
 
     def split(self) -> str:

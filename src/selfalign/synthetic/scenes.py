@@ -8,6 +8,12 @@ borderline cases: the truth a caption or an answer is checked against is never a
 Shapes and colours are drawn from a mildly skewed prior (earlier in the world's lists is more
 common), as objects are in real image sets; that is what gives POPE's "popular" probes meaning.
 Optional clutter (grey specks, faint lines) is drawn under the objects and is never an object.
+
+A world may give objects companions (`World.companions`): each "<colour> <shape>" has one, the next
+colour and the next shape in the world's lists ("red circle" -> "green square"), so an object and its
+companion differ in both colour and shape and a vision tower can see whether the companion is there.
+With `companion_rate`, a placed object's companion takes the next cell at that rate (while the
+scene has cells left to fill): the co-occurrence a captioner's language prior learns.
 """
 
 from __future__ import annotations
@@ -137,10 +143,18 @@ class World:
     colours: tuple[str, ...] = COLOURS
     shapes: tuple[str, ...] = SHAPES
     clutter: bool = True
+    companions: bool = False
+    companion_rate: float = 0.0
 
     def __post_init__(self):
         _check_subset("colours", self.colours, COLOURS)
         _check_subset("shapes", self.shapes, SHAPES)
+        if not 0.0 <= self.companion_rate <= 1.0:
+            raise SelfAlignError(f"companion_rate must be in [0, 1], got {self.companion_rate}")
+        if self.companion_rate and not self.companions:
+            raise SelfAlignError("companion_rate needs companions: set companions to true")
+        if self.companions and (len(self.colours) < 2 or len(self.shapes) < 2):
+            raise SelfAlignError("companions need at least two colours and two shapes")
         if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
             raise SelfAlignError(
                 f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, "
@@ -155,6 +169,22 @@ class World:
 
     def scene(self, split: str, index: int) -> Scene:
         return generate_scene(self, scene_seed(self.seed, split, index))
+
+    def companion(self, phrase: str) -> str | None:
+        """The companion of "<colour> <shape>": the next colour and the next shape in the world's lists
+        (cyclically); None in a world without companions."""
+        if not self.companions:
+            return None
+        colour, shape = phrase.split()
+        next_colour = self.colours[(self.colours.index(colour) + 1) % len(self.colours)]
+        next_shape = self.shapes[(self.shapes.index(shape) + 1) % len(self.shapes)]
+        return f"{next_colour} {next_shape}"
+
+    def companion_pairs(self) -> dict[str, str]:
+        """Every object of the vocabulary and its companion; empty without companions."""
+        if not self.companions:
+            return {}
+        return {phrase: self.companion(phrase) for phrase in self.object_vocabulary()}
 
 
 def _check_subset(name: str, chosen: tuple[str, ...], known: tuple[str, ...]) -> None:
@@ -173,19 +203,39 @@ def _prior(count: int) -> list[float]:
 def generate_scene(world: World, seed: int) -> Scene:
     rng = random.Random(seed)
     count = rng.randint(world.min_objects, world.max_objects)
-    cells = sorted(rng.sample([(row, column) for row in range(GRID) for column in range(GRID)], count))
-    objects = tuple(_place_object(world, rng, cell) for cell in cells)
+    cells = rng.sample([(row, column) for row in range(GRID) for column in range(GRID)], count)
+    if world.companion_rate:
+        objects = _place_with_companions(world, rng, cells)
+    else:  # the draws of a world without co-occurrence, unchanged
+        objects = tuple(place_object(world, rng, cell) for cell in sorted(cells))
     specks, lines = _clutter(world.canvas_size, rng) if world.clutter else ((), ())
     return Scene(seed, world.canvas_size, objects, specks, lines)
+
+
+def _place_with_companions(world: World, rng: random.Random, cells: list) -> tuple[SceneObject, ...]:
+    """Objects in the cells' random order, each one's companion in the next cell at `companion_rate`;
+    returned in reading order, so the companion's position says nothing."""
+    objects, companion = [], None
+    for cell in cells:
+        obj = place_object(world, rng, cell, phrase=companion)
+        companion = world.companion(obj.phrase) if rng.random() < world.companion_rate else None
+        objects.append(obj)
+    return tuple(sorted(objects, key=lambda obj: obj.cell))
 
 
 def _cell_bounds(canvas_size: int, index: int) -> tuple[int, int]:
     return round(canvas_size * index / GRID), round(canvas_size * (index + 1) / GRID)
 
 
-def _place_object(world: World, rng: random.Random, cell: tuple[int, int]) -> SceneObject:
-    shape = rng.choices(world.shapes, weights=_prior(len(world.shapes)))[0]
-    colour = rng.choices(world.colours, weights=_prior(len(world.colours)))[0]
+def place_object(
+    world: World, rng: random.Random, cell: tuple[int, int], phrase: str | None = None
+) -> SceneObject:
+    """An object in `cell`: `phrase` ("<colour> <shape>") if given, else drawn from the world's prior."""
+    if phrase is None:
+        shape = rng.choices(world.shapes, weights=_prior(len(world.shapes)))[0]
+        colour = rng.choices(world.colours, weights=_prior(len(world.colours)))[0]
+    else:
+        colour, shape = phrase.split()
     size = rng.choice(SIZES)
     (top, bottom), (left, right) = (_cell_bounds(world.canvas_size, index) for index in cell)
     inner = min(bottom - top, right - left) - 2 * CELL_PADDING
