@@ -19,21 +19,48 @@ COMPARISON_COLUMNS = (
 )
 
 
+# The breakdown beside them: where the wrong mentions come from. The prior's columns are empty ("-")
+# for a report of a world without companions.
+BREAKDOWN_COLUMNS = (
+    ("CHAIR_i at matched length ↓", ("captions", "chair_i_matched_length"), "{:.3f}"),
+    ("absent companions", ("captions", "hallucinations_by_kind", "absent_companion"), "{}"),
+    ("wrong shape", ("captions", "hallucinations_by_kind", "wrong_shape"), "{}"),
+    ("wrong colour", ("captions", "hallucinations_by_kind", "wrong_colour"), "{}"),
+    ("swapped", ("captions", "hallucinations_by_kind", "swapped"), "{}"),
+    ("co-occurrence lift ↓", ("captions", "companions", "lift"), "{:.3f}"),
+    ("companion recall ↑", ("captions", "companions", "recall_when_present"), "{:.3f}"),
+)
+
+
 def _report_value(report: dict, path: tuple[str, ...]) -> float:
     for key in path:
         report = report[key]
     return report
 
 
+def _cell(report: dict, path: tuple[str, ...], form: str) -> str:
+    try:
+        return form.format(_report_value(report, path))
+    except KeyError:  # a report from before the column existed, or of a world without companions
+        return "-"
+
+
 def comparison_markdown(reports: dict[str, dict]) -> str:
-    """One row per evaluated model (name -> its report.json), the headline metrics as columns, and
-    CHAIR_i's 95% interval over resampled scenes: how far apart two rows must be to differ."""
+    """One row per evaluated model (name -> its report.json), the headline metrics as columns with
+    CHAIR_i's 95% interval over resampled scenes (how far apart two rows must be to differ), then the
+    breakdown of the wrong mentions by kind and the co-occurrence prior, as a second table."""
     titles = [title for title, _, _ in COMPARISON_COLUMNS] + ["CHAIR_i 95% interval"]
     lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
     for name, report in reports.items():
-        cells = [form.format(_report_value(report, path)) for _, path, form in COMPARISON_COLUMNS]
+        cells = [_cell(report, path, form) for _, path, form in COMPARISON_COLUMNS]
         cells.append("{:.3f}-{:.3f}".format(*report["captions"]["intervals_95"]["chair_i"]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    breakdown = [title for title, _, _ in BREAKDOWN_COLUMNS]
+    lines += ["", "| model | " + " | ".join(breakdown) + " |", "|---|" + "---|" * len(breakdown)]
+    for name, report in reports.items():
+        lines.append(
+            f"| {name} | " + " | ".join(_cell(report, p, form) for _, p, form in BREAKDOWN_COLUMNS) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -56,8 +56,27 @@ def markdown_report(report: dict) -> str:
         "| hallucinated mentions | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),
         "| count | " + " | ".join(str(count) for count in kinds.values()) + " |",
+        "",
+        f"CHAIR_i over each caption's first {caption['matched_length_mentions']} objects (matched length): "
+        f"{caption['chair_i_matched_length']:.3f}.",
     ]
+    if "companions" in caption:
+        prior = caption["companions"]
+        lines += [
+            "",
+            "| the co-occurrence prior | lift | P(names B \\| A, not B) | P(names B \\| not A, not B) "
+            "| companion recall (B present) |",
+            "|---|---|---|---|---|",
+            f"| value | {prior['lift']:.3f} | {prior['p_named_with_object']:.3f} | "
+            f"{prior['p_named_without_object']:.3f} | {prior['recall_when_present']:.3f} |",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def world_companions(rows: list[dict]) -> dict[str, str]:
+    """Each object's companion, as the eval set records its world's (none in sets built before them)."""
+    pairs = rows[0].get("companions") or [] if rows else []
+    return {pair["object"]: pair["companion"] for pair in pairs}
 
 
 def evaluate_model(args: EvaluationArguments) -> dict:
@@ -106,7 +125,7 @@ def evaluate_model(args: EvaluationArguments) -> dict:
             "num_scenes": len(rows),
             "num_pope_probes": len(probes),
         },
-        "captions": caption_scores(captions, [row["objects"] for row in rows]),
+        "captions": caption_scores(captions, [row["objects"] for row in rows], world_companions(rows)),
         "pope": pope_scores(answers, [probe for _, probe in probes]),
         "recipe": asdict(args),
         "seconds": round(time.perf_counter() - started, 1),
