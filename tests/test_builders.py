@@ -92,7 +92,9 @@ def test_two_processes_build_the_same_dataset_as_one(image_folder, tiny_model_di
     one_thread = {"OMP_NUM_THREADS": "1"}
     run_builder("samples", *samples_args(image_folder, policy, one), env=one_thread)
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    result = run_builder("samples", *samples_args(image_folder, policy, two), launcher=torchrun, env=one_thread)
+    result = run_builder(
+        "samples", *samples_args(image_folder, policy, two), launcher=torchrun, env=one_thread
+    )
 
     assert "process 0 of 2" in result.stderr and "process 1 of 2" in result.stderr
     assert rows_of(two) == rows_of(one)
