@@ -64,6 +64,9 @@ def test_demo_trains_publishes_and_reports_the_base_policy(tmp_path):
     assert low < captions["chair_i"] < high
     assert f"| {low:.3f}-{high:.3f} |" in (output / "report.md").read_text()
     assert (output / "report.png").read_bytes().startswith(b"\x89PNG")
+    # The breakdown table below it: one more row per model, the wrong mentions by kind.
+    assert (output / "report.md").read_text().count("| base policy (SFT) |") == 2
+    assert "| absent companions | wrong shape |" in (output / "report.md").read_text()
 
     # CSR's rounds: each sampled from the previous round's published model, each evaluated.
     summary = json.loads((output / "csr" / "summary.json").read_text())
