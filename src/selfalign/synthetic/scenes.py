@@ -12,7 +12,7 @@ Optional clutter (grey specks, faint lines) is drawn under the objects and is ne
 A world may give objects companions (`World.companions`): each "<colour> <shape>" has one, the next
 colour and the next shape in the world's lists ("red circle" -> "green square"), so an object and its
 companion differ in both colour and shape and a vision tower can see whether the companion is there.
-With `companion_rate`, a placed object's companion takes the next cell at that rate (while the
+With `companion_rate`, a placed object's companion fills another cell at that rate (while the
 scene has cells left to fill): the co-occurrence a captioner's language prior learns.
 """
 
@@ -213,7 +213,7 @@ def generate_scene(world: World, seed: int) -> Scene:
 
 
 def _place_with_companions(world: World, rng: random.Random, cells: list) -> tuple[SceneObject, ...]:
-    """Objects in the cells' random order, each one's companion in the next cell at `companion_rate`;
+    """Objects in the cells' random order, each one's companion in the next of them at `companion_rate`;
     returned in reading order, so the companion's position says nothing."""
     objects, companion = [], None
     for cell in cells:
