@@ -50,7 +50,9 @@ class ShapesWorldArguments:
     )
     companion_rate: float = field(
         default=0.0,
-        metadata={"help": "How often a placed object's companion fills another cell of the scene (needs companions)."},
+        metadata={
+            "help": "How often a placed object's companion fills another cell of the scene (needs companions)."
+        },
     )
     annotator_noise_rate: float = field(
         default=0.0,
