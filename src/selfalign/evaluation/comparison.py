@@ -38,7 +38,7 @@ def _report_value(report: dict, path: tuple[str, ...]) -> float:
     return report
 
 
-def _cell(report: dict, path: tuple[str, ...], form: str) -> str:
+def _breakdown_cell(report: dict, path: tuple[str, ...], form: str) -> str:
     try:
         return form.format(_report_value(report, path))
     except KeyError:  # a report from before the column existed, or of a world without companions
@@ -52,14 +52,16 @@ def comparison_markdown(reports: dict[str, dict]) -> str:
     titles = [title for title, _, _ in COMPARISON_COLUMNS] + ["CHAIR_i 95% interval"]
     lines = ["| model | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
     for name, report in reports.items():
-        cells = [_cell(report, path, form) for _, path, form in COMPARISON_COLUMNS]
+        cells = [form.format(_report_value(report, path)) for _, path, form in COMPARISON_COLUMNS]
         cells.append("{:.3f}-{:.3f}".format(*report["captions"]["intervals_95"]["chair_i"]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     breakdown = [title for title, _, _ in BREAKDOWN_COLUMNS]
     lines += ["", "| model | " + " | ".join(breakdown) + " |", "|---|" + "---|" * len(breakdown)]
     for name, report in reports.items():
         lines.append(
-            f"| {name} | " + " | ".join(_cell(report, p, form) for _, p, form in BREAKDOWN_COLUMNS) + " |"
+            f"| {name} | "
+            + " | ".join(_breakdown_cell(report, p, form) for _, p, form in BREAKDOWN_COLUMNS)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -120,9 +120,9 @@ def hallucination_kinds(
     for caption, truth in zip(captions, objects, strict=True):
         colours = {obj.split()[0] for obj in truth}
         shapes = {obj.split()[1] for obj in truth}
-        expected_companions = {(companions or {}).get(obj) for obj in truth} - {None}
+        expected_companions = {companions[obj] for obj in truth if obj in (companions or {})}
         for mention in dict.fromkeys(mentioned_objects(caption)):  # each object once, as CHAIR counts
-            if mention in truth or mention in shapes:
+            if not _hallucinated(mention, truth, shapes):
                 continue
             if mention in expected_companions:
                 counts["absent_companion"] += 1
@@ -141,13 +141,18 @@ def hallucination_kinds(
     return counts
 
 
+def _hallucinated(mention: str, truth: list[str], shapes: set[str]) -> bool:
+    """The matching rule's verdict: a "<colour> <shape>" not in the scene, or a bare shape no object has."""
+    return mention not in truth and mention not in shapes
+
+
 def first_mentions_chair_i(captions: list[str], objects: list[list[str]], mentions: int) -> float:
     """CHAIR_i over the first `mentions` distinct objects each caption names (all of a shorter one's)."""
     wrong = named = 0
     for caption, truth in zip(captions, objects, strict=True):
         shapes = {obj.split()[1] for obj in truth}
         first = list(dict.fromkeys(mentioned_objects(caption)))[:mentions]
-        wrong += sum(1 for mention in first if mention not in truth and mention not in shapes)
+        wrong += sum(_hallucinated(mention, truth, shapes) for mention in first)
         named += len(first)
     return wrong / max(named, 1)
 

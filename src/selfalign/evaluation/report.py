@@ -75,7 +75,7 @@ def markdown_report(report: dict) -> str:
 
 def world_companions(rows: list[dict]) -> dict[str, str]:
     """Each object's companion, as the eval set records its world's (none in sets built before them)."""
-    pairs = rows[0].get("companions") or [] if rows else []
+    pairs = (rows[0].get("companions") or []) if rows else []
     return {pair["object"]: pair["companion"] for pair in pairs}
 
 

@@ -8,8 +8,8 @@ a language prior, which is what CSR, EACO and IPA remove on real models.
 The annotator writes a scene's caption as if it also held some absent companions. For each distinct
 object of the scene whose companion (`World.companion`) is absent, it adds that companion at the
 object's rate (`rate`), in a free cell, while the scene has fewer than the world's `max_objects`
-(a caption counting more objects than any scene has would give it away), and captions the scene it believes in with the world's usual
-templates. So an added mention takes the same phrasings, positions, counts and relations as a true
+(a caption counting more objects than any scene has would give it away), and captions the scene it
+believes in with the world's usual templates. So an added mention takes the same phrasings, positions, counts and relations as a true
 one, and nothing in the text gives it away. Everything else in the caption stays true. Only SFT
 captions are annotated this way: eval scenes, CLIP rows and question answers carry the truth.
 """
@@ -47,14 +47,15 @@ class NoisyAnnotator:
 
     def believed_scene(self, scene: Scene, rng: random.Random) -> tuple[Scene, list[str]]:
         """The scene with the companions the annotator adds, and those companions ("<colour> <shape>")."""
+        if not self.world.companions:
+            return scene, []
         present = list(dict.fromkeys(obj.phrase for obj in scene.objects))
-        free = [(row, column) for row in range(GRID) for column in range(GRID)]
-        free = [cell for cell in free if cell not in {obj.cell for obj in scene.objects}]
+        taken = {obj.cell for obj in scene.objects}
+        free = [(row, column) for row in range(GRID) for column in range(GRID) if (row, column) not in taken]
         added, objects = [], list(scene.objects)
-        for phrase in present:
+        for phrase in present:  # each object has its own companion: none is added twice
             companion = self.world.companion(phrase)
-            room = len(objects) < self.world.max_objects  # a count above the world's would give it away
-            if companion is None or companion in present or companion in added or not room:
+            if companion in present or len(objects) == self.world.max_objects:
                 continue
             if rng.random() < self.rate(phrase):
                 objects.append(place_object(self.world, rng, free.pop(rng.randrange(len(free))), companion))
