@@ -25,6 +25,7 @@ BUILDER_RECIPES = {
     "samples": (ImageSourceArguments, PolicySamplingArguments, BuildArguments),
     "shapes": (ShapesWorldArguments, BuildArguments),
     "world": (ShapesWorldArguments, BuildArguments),
+    "world_truthful": (ShapesWorldArguments, BuildArguments),
     "clip": (load_script("train_clip").ClipTrainingArguments,),
     "eval": (EvaluationArguments,),
 }

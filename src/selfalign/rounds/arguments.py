@@ -22,6 +22,13 @@ class IterateArguments:
         default=None,
         metadata={"help": "Recipe of scripts/evaluate.py, run on every round's model and the start."},
     )
+    evaluate_start: bool = field(
+        default=True,
+        metadata={
+            "help": "With eval_config, evaluate the starting policy too (round_0/eval); false when its "
+            "report is measured elsewhere."
+        },
+    )
     pairs_args: list[str] = field(
         default_factory=list,
         metadata={

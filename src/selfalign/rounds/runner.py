@@ -111,7 +111,7 @@ def run_rounds(args: IterateArguments) -> str:
             "that the published cards name a model others can download"
         )
     progress = Progress(args)
-    if args.eval_config and not progress.done("round_0/eval"):
+    if args.eval_config and args.evaluate_start and not progress.done("round_0/eval"):
         print(f"\n=== The starting policy {args.policy_model}: evaluation", flush=True)
         evaluate(
             args, progress, "round_0/eval", args.policy_model, Path(args.output_dir) / "round_0" / "eval"

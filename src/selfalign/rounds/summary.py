@@ -46,7 +46,8 @@ def write_summary(args: IterateArguments, progress: Progress) -> str:
             f"| `{model}` |"
         )
     if args.eval_config:
-        reports = {"start": steps["round_0/eval"]["report"]}
+        start = steps.get("round_0/eval")
+        reports = {"start": start["report"]} if start else {}
         reports.update({f"round {entry['round']}": entry["eval"]["report"] for entry in rounds})
         lines += ["", comparison_markdown(reports).rstrip()]
     markdown = "\n".join(lines) + "\n"

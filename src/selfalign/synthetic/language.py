@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from selfalign.synthetic.scenes import (
@@ -163,15 +163,38 @@ def _group_phrase(group: _Group, rng: random.Random, with_position: bool) -> str
 # ---------------------------------------------------------------------------------------------
 
 
-def caption(scene: Scene, rng: random.Random) -> str:
+def caption(scene: Scene, rng: random.Random, companion_of: Callable[[str], str | None] | None = None) -> str:
     """A caption that names every object of the scene exactly once (groups of equal objects with their
-    count), in one of several phrasings: one sentence, or one sentence per object."""
+    count), in one of several phrasings: one sentence, or one sentence per object.
+
+    The groups come in random order. Given the world's `companion_of` (`World.companion`), a present
+    companion is named right after its object, as a describer names a fork after the knife: so a
+    language prior sees the pair as one habit, and a companion the noisy annotator adds takes the same
+    place as a true one."""
     groups = _groups(scene)
     rng.shuffle(groups)
+    if companion_of is not None:
+        groups = _companions_after_objects(groups, companion_of)
     styles = [_there_is_caption, _shows_caption, _counted_caption, _sentences_caption]
     if len(groups) == 2 and all(group.count == 1 for group in groups):
         styles.append(_relation_caption)
     return rng.choice(styles)(scene, groups, rng)
+
+
+def _companions_after_objects(
+    groups: list[_Group], companion_of: Callable[[str], str | None]
+) -> list[_Group]:
+    """Each chain of companions in the scene (object, its companion, that one's companion ...) in order,
+    the chains in the groups' order; a chain that closes on itself (a world of few colours and shapes)
+    starts at its first group."""
+    by_phrase = {f"{group.colour} {group.shape}": group for group in groups}
+    followers = {by_phrase.get(companion_of(phrase)) for phrase in by_phrase} - {None}
+    ordered: list[_Group] = []
+    for group in [g for g in groups if g not in followers] + [g for g in groups if g in followers]:
+        while group is not None and group not in ordered:
+            ordered.append(group)
+            group = by_phrase.get(companion_of(f"{group.colour} {group.shape}"))
+    return ordered
 
 
 def _there_is_caption(scene: Scene, groups: list[_Group], rng: random.Random) -> str:
