@@ -22,7 +22,7 @@ Every step is the command a user would run, with the project's recipes, against 
 
 Everything lives under outputs/demo/ (or --output-dir), which is rebuilt from scratch on each run;
 nothing leaves this machine. It takes about fifteen minutes on 2 CPU cores. `--quick` runs the same
-steps on a small world with few training steps (about three minutes): it checks the pipeline, its
+steps on a small world with few training steps (about six minutes): it checks the pipeline, its
 numbers mean nothing.
 """
 
