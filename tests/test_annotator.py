@@ -134,6 +134,18 @@ def test_a_world_without_companions_orders_captions_as_before():
         )
 
 
+def test_companions_that_close_a_cycle_are_all_named():
+    # Two colours and two shapes: red circle -> green square -> red circle. Every object is some
+    # present object's companion, and each is still named exactly once.
+    small = World(colours=("red", "green"), shapes=("circle", "square"), companions=True, companion_rate=1.0)
+    cycles = 0
+    for scene in scenes(small, "train", 300):
+        present = set(object_list(scene))
+        cycles += {"red circle", "green square"} <= present
+        assert set(mentioned_objects(caption(scene, rng_for(scene, "caption"), small.companion))) == present
+    assert cycles > 30
+
+
 def test_without_noise_the_annotator_writes_the_true_caption():
     quiet = NoisyAnnotator(WORLD)
     for scene in scenes(WORLD, "train", 300):

@@ -114,6 +114,10 @@ class _Group:
         return len(self.members)
 
     @property
+    def phrase(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+    @property
     def common_size(self) -> str | None:
         sizes = {obj.size for obj in self.members}
         return sizes.pop() if len(sizes) == 1 else None
@@ -187,13 +191,13 @@ def _companions_after_objects(
     """Each chain of companions in the scene (object, its companion, that one's companion ...) in order,
     the chains in the groups' order; a chain that closes on itself (a world of few colours and shapes)
     starts at its first group."""
-    by_phrase = {f"{group.colour} {group.shape}": group for group in groups}
+    by_phrase = {group.phrase: group for group in groups}
     followers = {by_phrase.get(companion_of(phrase)) for phrase in by_phrase} - {None}
     ordered: list[_Group] = []
     for group in [g for g in groups if g not in followers] + [g for g in groups if g in followers]:
         while group is not None and group not in ordered:
             ordered.append(group)
-            group = by_phrase.get(companion_of(f"{group.colour} {group.shape}"))
+            group = by_phrase.get(companion_of(group.phrase))
     return ordered
 
 
