@@ -128,7 +128,7 @@ class RowMaker:
         return rng_for(scene, "prompt").choice(CAPTION_PROMPTS)
 
     def _caption(self, scene: Scene) -> str:
-        return caption(scene, rng_for(scene, "caption"), self.world.companion)
+        return caption(scene, rng_for(scene, "caption"), self.world.companion, self.args.caption_styles)
 
     def _questions(self, scene: Scene) -> list[QuestionAnswer]:
         return questions(scene, self.world, rng_for(scene, "questions"), self.args.questions_per_scene)

@@ -14,6 +14,7 @@ from selfalign.pairs import (
     rank_path_score,
     select_pair,
     sibling_ranks,
+    sum_path_score,
     weighted_path_score,
 )
 
@@ -223,8 +224,8 @@ def test_identical_texts():
 
 
 def test_bad_input_raises():
-    with pytest.raises(SelfAlignError, match="'rank' or 'weighted'"):
-        FusionParams(method="sum")
+    with pytest.raises(SelfAlignError, match="'rank', 'weighted' or 'sum'"):
+        FusionParams(method="product")
     with pytest.raises(SelfAlignError, match="clip_weight"):
         FusionParams(clip_weight=1.5)
     leaf = node(1, 0, "a", -1.0, 1.0, leaf=True)
@@ -244,3 +245,25 @@ def test_bad_input_raises():
     for message, tree in bad_trees.items():
         with pytest.raises(SelfAlignError, match=message):
             select_pair(tree)
+
+
+# Scene-truth scores (true mentions minus ten per false one): node 1's sentence hallucinates; below it,
+# 3 repeats a true object and 4 names a false one.
+TRUTH_TREE = [
+    ROOT,
+    node(1, 0, "A red circle and a blue star.", -0.4, -9.0),
+    node(2, 0, "A green star and a cat.", -0.9, -10.0, leaf=True),
+    node(3, 1, "A red circle and a blue star. A red circle.", -0.6, 1.0, leaf=True),
+    node(4, 1, "A red circle and a blue star. A yellow square.", -0.7, -10.0, leaf=True),
+    node(5, 0, "A red circle.", -1.5, 1.0, leaf=True),
+]
+
+
+def test_sum_fusion_judges_each_response_by_its_scorers_total():
+    totals = {path[-1].node_id: sum_path_score(path) for path in complete_paths(TRUTH_TREE)}
+    assert totals == {3: -8.0, 4: -19.0, 2: -10.0, 5: 1.0}
+    pair = select_pair(TRUTH_TREE, FusionParams(method="sum"))
+    assert (pair.chosen, pair.rejected) == ("A red circle.", "A red circle and a blue star. A yellow square.")
+    assert (pair.chosen_score, pair.rejected_score) == (1.0, -19.0)
+    # An end without a sentence adds nothing to the total.
+    assert sum_path_score(complete_paths(EMPTY_FIRST)[0]) == 25.0

@@ -24,7 +24,7 @@ def scenes(tmp_path_factory):
     return root
 
 
-def test_a_sentence_scores_its_true_mentions_minus_its_false_ones(scenes):
+def test_a_sentence_scores_its_true_mentions_and_a_false_one_outweighs_them_all(scenes):
     rows = load_dataset(str(scenes / "eval"), split="train")
     scorer = SceneTruthScorer(str(scenes / "eval"))
     first, second = rows[0], rows[1]
@@ -35,6 +35,8 @@ def test_a_sentence_scores_its_true_mentions_minus_its_false_ones(scenes):
         f"There is a {present}.",
         f"There is a {absent}.",
         f"A {present} and a {absent}.",
+        " and ".join(f"a {obj}" for obj in first["objects"]) + ".",  # every object, nothing false
+        " and ".join(f"a {obj}" for obj in [*first["objects"], absent]) + ".",
         f"The {shape} is large.",  # a bare shape that some object has
         "The background is white.",  # no object named
         "",  # the response's end (an EOS child)
@@ -42,9 +44,12 @@ def test_a_sentence_scores_its_true_mentions_minus_its_false_ones(scenes):
     first_scores, second_scores = scorer.score(
         [first["image"], second["image"]], [sentences, [f"There is a {second['objects'][0]}."]]
     )
-    assert first_scores == [1.0, -1.0, 0.0, 1.0, 0.0, 0.0]
+    every = float(len(first["objects"]))
+    assert first_scores == [1.0, -10.0, -9.0, every, every - 10.0, 1.0, 0.0, 0.0]
+    # Ranked among siblings, a sentence with a false mention is below every sentence without one.
+    assert max(first_scores[i] for i in (1, 2, 4)) < min(first_scores[i] for i in (0, 3, 5, 6, 7))
     assert second_scores == [1.0]  # each image is scored against its own scene
-    assert (scorer.stats.images_encoded, scorer.stats.sentences_encoded) == (2, 7)
+    assert (scorer.stats.images_encoded, scorer.stats.sentences_encoded) == (2, 9)
     # An image without sentences is not looked up.
     assert scorer.score([first["image"]], [[]]) == [[]]
 

@@ -20,10 +20,12 @@ from transformers import AutoTokenizer
 
 from selfalign.synthetic import (
     CAPTION_PROMPTS,
+    CAPTION_STYLES,
     COLOURS,
     POPE_STRATEGIES,
     QUESTION_TYPES,
     SHAPES,
+    ShapesWorldArguments,
     World,
     caption,
     generate_scene,
@@ -172,6 +174,26 @@ def test_every_caption_names_exactly_the_ground_truth_objects_and_only_true_fact
             styles["relation"] += 1
         styles["sentences" if text.count(".") > 1 else "one sentence"] += 1
     assert min(styles.values()) >= 20, styles
+
+
+def test_caption_styles_pick_the_phrasings_and_the_default_keeps_every_one():
+    # "sentences" alone: an opening, then one sentence per group of equal objects, each naming one.
+    for scene in scenes("train", 300):
+        text = caption(scene, rng_for(scene, "caption"), styles=["sentences"])
+        opening, *rest = [sentence for sentence in text.split(". ") if sentence]
+        assert re.fullmatch(r"The image shows (one|two|three|four) shapes?", opening), text
+        assert [len(set(mentioned_objects(sentence))) for sentence in rest] == [1] * len(rest), text
+        assert set(mentioned_objects(text)) == set(object_list(scene)), text
+        # The default is the list of every style: the same caption as naming them all.
+        assert caption(scene, rng_for(scene, "caption")) == caption(
+            scene, rng_for(scene, "caption"), styles=list(CAPTION_STYLES)
+        )
+
+
+@pytest.mark.parametrize("styles", [["relation"], ["sentences", "haiku"], []])
+def test_caption_styles_that_cannot_caption_every_scene_are_refused(styles):
+    with pytest.raises(ValueError, match="caption_styles must name at least one of"):
+        ShapesWorldArguments(caption_styles=styles)
 
 
 def test_object_sentences_are_true_and_cover_every_object():

@@ -66,10 +66,11 @@ class CsrArguments:
     sentence_ends: list[str] = field(
         default_factory=lambda: [".", "!", "?"], metadata={"help": "Text endings that close a sentence."}
     )
-    fusion: Literal["rank", "weighted"] = field(
+    fusion: Literal["rank", "weighted", "sum"] = field(
         default="rank",
         metadata={
-            "help": "rank: the released code's rank fusion; weighted: the paper's weighted reward sum."
+            "help": "rank: the released code's rank fusion; weighted: the paper's weighted reward sum; "
+            "sum: the sum of the scorer's sentence scores (the scene-truth oracle's verdict on a response)."
         },
     )
     clip_weight: float = field(
@@ -160,10 +161,12 @@ class CsrArguments:
                 f"included) of (1 - a) * self_rank + a * clip_rank with a = {self.clip_weight}, ranks being "
                 "i/k among siblings (1/k best); lower is better"
             )
-        return (
-            f"the paper's weighted reward: the sum over the path's sentences of lambda * max(clip, 0) + "
-            f"(1 - lambda) * exp(sentence mean log-prob) with lambda = {self.clip_weight}; higher is better"
-        )
+        if self.fusion == "weighted":
+            return (
+                f"the paper's weighted reward: the sum over the path's sentences of lambda * max(clip, 0) + "
+                f"(1 - lambda) * exp(sentence mean log-prob) with lambda = {self.clip_weight}; higher is better"
+            )
+        return "the sum of the scorer's scores of the path's sentences (self-scores unused); higher is better"
 
 
 @dataclass

@@ -12,6 +12,7 @@ from selfalign.pairs.csr_fusion import (
     rank_path_score,
     select_pair,
     sibling_ranks,
+    sum_path_score,
     weighted_path_score,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "rank_path_score",
     "select_pair",
     "sibling_ranks",
+    "sum_path_score",
     "weighted_path_score",
 ]

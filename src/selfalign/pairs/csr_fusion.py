@@ -43,6 +43,14 @@ unnormalised product would shrink with every token); `R_I(s) = max(clip_score, 0
 path reward is the sum over its sentences, higher is better; being a sum of non-negative terms, it
 favours responses with more sentences, as the paper's does.
 
+`FusionParams(method="sum")`, for a scorer whose sentence scores add up to a verdict on the whole
+response (the shapes world's scene truth: a response's true mentions minus ten per false one): a
+path's score is the sum of its sentences' scorer scores, higher is better, the self-scores unused.
+Neither fusion above judges a response by its scorer's total: rank fusion sees only each sentence's
+place among its siblings (a hallucinating sentence ranks first when all its siblings hallucinate),
+and the weighted reward clips negative scores to 0. With the scene truth as scorer, `sum` picks the
+pair an oracle would: the most truthful complete response and the least.
+
 Candidates here are the paths ending at a kept leaf (`ScoredNode`): on a tree searched the released
 way, where final nodes are never pruned, that is every final node, as in the released code.
 
@@ -64,7 +72,7 @@ from typing import Literal
 
 from selfalign.errors import SelfAlignError
 
-FusionMethod = Literal["rank", "weighted"]
+FusionMethod = Literal["rank", "weighted", "sum"]
 
 NO_PAIR_REASONS: dict[str, str] = {
     "no_complete_path": "no kept node of the sentence tree ends a non-empty response (EOS or length cap)",
@@ -81,18 +89,18 @@ _TIE_TOLERANCE = 1e-9
 class FusionParams:
     """How a path's score combines self-scores and CLIP scores (see the module docstring)."""
 
-    method: FusionMethod = "rank"  # "rank": released code; "weighted": the paper's formula
+    method: FusionMethod = "rank"  # "rank": released code; "weighted": the paper's formula; "sum"
     clip_weight: float = 0.9  # released `a` (on clip_rank) and paper's lambda (on the CLIP score)
 
     def __post_init__(self) -> None:
-        if self.method not in ("rank", "weighted"):
-            raise SelfAlignError(f"fusion method must be 'rank' or 'weighted', got {self.method!r}")
+        if self.method not in ("rank", "weighted", "sum"):
+            raise SelfAlignError(f"fusion method must be 'rank', 'weighted' or 'sum', got {self.method!r}")
         if not 0 <= self.clip_weight <= 1:
             raise SelfAlignError(f"clip_weight must be in [0, 1], got {self.clip_weight}")
 
     @property
     def lower_is_better(self) -> bool:
-        """Rank path scores are mean rank fractions (1/k = best sibling); weighted ones are rewards."""
+        """Rank path scores are mean rank fractions (1/k = best sibling); the others are rewards."""
         return self.method == "rank"
 
 
@@ -257,6 +265,11 @@ def weighted_path_score(path: Path, clip_weight: float) -> float:
     return total
 
 
+def sum_path_score(path: Path) -> float:
+    """The sum of the path's sentences' scorer scores (a child that is EOS alone adds no sentence)."""
+    return sum(node.clip_score for node in path[1:] if node.adds_sentence)
+
+
 def select_pair(nodes: Sequence[ScoredNode], fusion: FusionParams = FusionParams()) -> PathPair | NoPair:
     """The best complete path as chosen and the worst as rejected, or why the tree gives no pair."""
     tree = _Tree(nodes)
@@ -268,8 +281,10 @@ def select_pair(nodes: Sequence[ScoredNode], fusion: FusionParams = FusionParams
     if fusion.method == "rank":
         ranks = tree.sibling_ranks()
         scores = [rank_path_score(path, ranks, fusion.clip_weight) for path in paths]
-    else:
+    elif fusion.method == "weighted":
         scores = [weighted_path_score(path, fusion.clip_weight) for path in paths]
+    else:
+        scores = [sum_path_score(path) for path in paths]
     # Best first; the sort is stable (reverse too), so ties keep depth-first order.
     order = sorted(range(len(paths)), key=scores.__getitem__, reverse=not fusion.lower_is_better)
     best, worst = order[0], order[-1]

@@ -4,9 +4,12 @@ The shapes world knows every image's objects: an eval-kind build (`dataset_build
 eval`, the scenes CSR's shapes recipes build pairs from) has them in its `objects` column. Scoring each
 sentence by that truth instead of by CLIP isolates the rest of a method (the tree search, the fusion,
 DPO) from its scorer's perception, and answers: how far does the method get with a scorer that never
-errs? A sentence scores its true object mentions minus its false ones, under the world's matching rule
-(`selfalign.synthetic.judge.is_true_mention`, the rule CHAIR uses); a sentence naming no object
-scores 0. The scorer finds an image's scene by its pixels, so it scores only images of its dataset.
+errs? A sentence scores its true object mentions minus ten for each false one, under the world's
+matching rule (`selfalign.synthetic.judge.is_true_mention`, the rule CHAIR uses); a sentence naming no
+object scores 0. One false mention outweighs all the true ones a scene can hold (at most 9), so among
+siblings the oracle ranks every sentence without a hallucination above every sentence with one, and
+only then prefers the sentence that names more: a cost of 1 per false mention (the first rule) ranked
+"3 true, 1 false" above "1 true", and its chosen responses kept CHAIR_i 0.42 (README.md). The scorer finds an image's scene by its pixels, so it scores only images of its dataset.
 """
 
 from __future__ import annotations
@@ -21,14 +24,22 @@ from selfalign.errors import SelfAlignError
 from selfalign.scores.clip_scorer import ScorerStats, check_sentence_groups
 from selfalign.synthetic.judge import is_true_mention
 from selfalign.synthetic.language import mentioned_objects
+from selfalign.synthetic.scenes import GRID
 
 SCENE_TRUTH_SCORER = "shapes-world scene truth (an oracle program, not a model)"
 OBJECTS_COLUMN = "objects"
 
 
+# More than the objects a scene can hold, one per cell of its grid.
+FALSE_MENTION_COST = GRID * GRID + 1
+
+
 def sentence_truth_score(sentence: str, objects: Sequence[str]) -> int:
-    """True object mentions minus false ones, for a scene holding `objects` ("<colour> <shape>")."""
-    return sum(1 if is_true_mention(mention, objects) else -1 for mention in mentioned_objects(sentence))
+    """True object mentions minus FALSE_MENTION_COST per false one, for a scene of `objects`."""
+    return sum(
+        1 if is_true_mention(mention, objects) else -FALSE_MENTION_COST
+        for mention in mentioned_objects(sentence)
+    )
 
 
 def _pixels_key(image: Image.Image) -> str:

@@ -9,6 +9,7 @@ the CHAIR/POPE metrics use. `dataset_builders/shapes.py` publishes them as datas
 from selfalign.synthetic.arguments import ShapesWorldArguments
 from selfalign.synthetic.language import (
     CAPTION_PROMPTS,
+    CAPTION_STYLES,
     POPE_STRATEGIES,
     QUESTION_TYPES,
     SYNONYMS,
@@ -39,6 +40,7 @@ from selfalign.synthetic.scenes import (
 
 __all__ = [
     "CAPTION_PROMPTS",
+    "CAPTION_STYLES",
     "COLOURS",
     "POPE_STRATEGIES",
     "QUESTION_TYPES",

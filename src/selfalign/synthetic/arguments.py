@@ -7,6 +7,7 @@ from typing import Literal
 
 from selfalign.errors import SelfAlignError
 from selfalign.synthetic.annotator import NoisyAnnotator
+from selfalign.synthetic.language import CAPTION_STYLES
 from selfalign.synthetic.scenes import COLOURS, SHAPES, World
 
 
@@ -39,6 +40,14 @@ class ShapesWorldArguments:
     shapes: list[str] = field(
         default_factory=lambda: list(SHAPES),
         metadata={"help": f"Object shapes, most common first; from: {', '.join(SHAPES)}."},
+    )
+    caption_styles: list[str] = field(
+        default_factory=lambda: list(CAPTION_STYLES),
+        metadata={
+            "help": "How captions are phrased, each caption one of these at random: there_is, image_shows, "
+            "counted (one sentence naming every object), sentences (one sentence per object), relation "
+            "(two objects only)."
+        },
     )
     clutter: bool = field(default=True, metadata={"help": "Draw grey specks and faint lines (not objects)."})
     companions: bool = field(
@@ -82,6 +91,12 @@ class ShapesWorldArguments:
         negative = [name for name in counts if getattr(self, name) < 0]
         if negative:
             raise ValueError(f"{', '.join(negative)} must not be negative")
+        unknown = [style for style in self.caption_styles if style not in CAPTION_STYLES]
+        if unknown or not set(self.caption_styles) - {"relation"}:
+            raise ValueError(
+                f"caption_styles must name at least one of {', '.join(CAPTION_STYLES[:-1])} (relation fits "
+                f"only scenes of two objects), from: {', '.join(CAPTION_STYLES)}; got {self.caption_styles}"
+            )
         try:  # the world's own checks, at parse time: a bad recipe fails before any build starts
             self.annotator()
         except SelfAlignError as error:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from selfalign.synthetic.scenes import (
@@ -68,6 +68,8 @@ RELATION_PHRASES = {
     "above": "above",
     "below": "below",
 }
+# The phrasings of a caption (`caption`'s styles; a world recipe's caption_styles picks among them).
+CAPTION_STYLES = ("there_is", "image_shows", "counted", "sentences", "relation")
 QUESTION_TYPES = ("count", "colour_count", "colour", "presence", "position", "relation")
 POPE_STRATEGIES = ("random", "popular", "adversarial")
 
@@ -167,9 +169,15 @@ def _group_phrase(group: _Group, rng: random.Random, with_position: bool) -> str
 # ---------------------------------------------------------------------------------------------
 
 
-def caption(scene: Scene, rng: random.Random, companion_of: Callable[[str], str | None] | None = None) -> str:
+def caption(
+    scene: Scene,
+    rng: random.Random,
+    companion_of: Callable[[str], str | None] | None = None,
+    styles: Sequence[str] = CAPTION_STYLES,
+) -> str:
     """A caption that names every object of the scene exactly once (groups of equal objects with their
-    count), in one of several phrasings: one sentence, or one sentence per object.
+    count), in one of the phrasings `styles` names (CAPTION_STYLES): one sentence, or one sentence per
+    object; "relation" only for a scene of two single objects.
 
     The groups come in random order. Given the world's `companion_of` (`World.companion`), a present
     companion is named right after its object, as a describer names a fork after the knife: so a
@@ -179,10 +187,9 @@ def caption(scene: Scene, rng: random.Random, companion_of: Callable[[str], str 
     rng.shuffle(groups)
     if companion_of is not None:
         groups = _companions_after_objects(groups, companion_of)
-    styles = [_there_is_caption, _shows_caption, _counted_caption, _sentences_caption]
-    if len(groups) == 2 and all(group.count == 1 for group in groups):
-        styles.append(_relation_caption)
-    return rng.choice(styles)(scene, groups, rng)
+    two_single_objects = len(groups) == 2 and all(group.count == 1 for group in groups)
+    usable = [name for name in styles if name != "relation" or two_single_objects]
+    return _CAPTION_WRITERS[rng.choice(usable)](scene, groups, rng)
 
 
 def _companions_after_objects(
@@ -228,6 +235,16 @@ def _relation_caption(scene: Scene, groups: list[_Group], rng: random.Random) ->
     relation = RELATION_PHRASES[rng.choice(relations_between(first, second))]
     subject = _capitalised(_group_phrase(groups[0], rng, with_position=False))
     return f"{subject} is {relation} {_group_phrase(groups[1], rng, with_position=False)}."
+
+
+# Each style's writer, by the name a recipe's caption_styles uses.
+_CAPTION_WRITERS = {
+    "there_is": _there_is_caption,  # "There is a red circle, a blue star and a green square."
+    "image_shows": _shows_caption,  # "The image shows a red circle on the left and a blue star."
+    "counted": _counted_caption,  # "Two shapes: a red circle and a blue star."
+    "sentences": _sentences_caption,  # "The image shows two shapes. There is a red circle. ..."
+    "relation": _relation_caption,  # "A red circle is to the left of a blue star." (two objects only)
+}
 
 
 def _group_sentence(group: _Group, rng: random.Random) -> str:
