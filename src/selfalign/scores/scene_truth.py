@@ -6,10 +6,12 @@ sentence by that truth instead of by CLIP isolates the rest of a method (the tre
 DPO) from its scorer's perception, and answers: how far does the method get with a scorer that never
 errs? A sentence scores its true object mentions minus ten for each false one, under the world's
 matching rule (`selfalign.synthetic.judge.is_true_mention`, the rule CHAIR uses); a sentence naming no
-object scores 0. One false mention outweighs all the true ones a scene can hold (at most 9), so among
-siblings the oracle ranks every sentence without a hallucination above every sentence with one, and
-only then prefers the sentence that names more: a cost of 1 per false mention (the first rule) ranked
-"3 true, 1 false" above "1 true", and its chosen responses kept CHAIR_i 0.42 (README.md). The scorer finds an image's scene by its pixels, so it scores only images of its dataset.
+object scores 0. One false mention outweighs all the true ones a scene can hold (at most 9), so the
+oracle puts every sentence, and with CSR's `fusion: sum` every response, without a hallucination
+above every one with one, and only then prefers the one that names more (a cost of 1, the first
+rule, put "3 true, 1 false" above "1 true"); recipes/shapes/csr/iterate_scene_truth.yaml has the
+pairs each rule picked. The scorer finds an image's scene by its pixels, so it scores only images of
+its dataset.
 """
 
 from __future__ import annotations
