@@ -17,8 +17,8 @@ Every step is the command a user would run, with the project's recipes, against 
    (recipes/shapes/csr/iterate_scene_truth.yaml), each round evaluated,
 8. CSR: two rounds of pairs -> DPO -> merge from the published policy (`scripts/iterate.py`,
    recipes/shapes/csr/), each round's pairs and model published, each round evaluated,
-9. write the comparison table with its breakdown (outputs/demo/report.md, also printed) and its
-   bar chart (report.png).
+9. write the comparison table with its breakdown and each round's pairs judged by the scenes' truth
+   (outputs/demo/report.md, also printed) and its bar chart (report.png).
 
 Everything lives under outputs/demo/ (or --output-dir), which is rebuilt from scratch on each run;
 nothing leaves this machine. It takes about half an hour on 2 CPU cores. `--quick` runs the same
@@ -233,12 +233,21 @@ def run_demo(output: Path, scale: Scale) -> None:
         "base policy (SFT)": output / "eval" / "base",
         "clean-labels SFT": output / "eval" / "clean_labels",
     }
+    rounds = {}
     for run_name, title in (("oracle", "oracle (scene truth)"), ("csr", "CSR")):
         for round_number in range(1, scale.rounds + 1):
-            rows[f"{title} round {round_number}"] = output / run_name / f"round_{round_number}" / "eval"
+            rounds[f"{title} round {round_number}"] = output / run_name / f"round_{round_number}"
+    rows.update({name: folder / "eval" for name, folder in rounds.items()})
     step(9, f"Writing {output / 'report.md'} and {output / 'report.png'}")
+    from selfalign.evaluation.pair_quality import pair_quality
+
     write_report(
-        output, {name: json.loads((folder / "report.json").read_text()) for name, folder in rows.items()}
+        output,
+        {name: json.loads((folder / "report.json").read_text()) for name, folder in rows.items()},
+        {
+            name: pair_quality(str(folder / "pairs"), f"{output}/world/csr_scenes")
+            for name, folder in rounds.items()
+        },
     )
 
 
@@ -261,11 +270,12 @@ def iterate(output: Path, scale: Scale, recipe: str, folder: str, pairs_args: li
         "--output_dir", f"{output}/{folder}", *flags)  # fmt: skip
 
 
-def write_report(output: Path, reports: dict[str, dict]) -> None:
+def write_report(output: Path, reports: dict[str, dict], pairs: dict[str, dict]) -> None:
     from selfalign.evaluation.comparison import comparison_chart, comparison_markdown
+    from selfalign.evaluation.pair_quality import pair_quality_markdown
 
     num_scenes = next(iter(reports.values()))["eval_set"]["num_scenes"]
-    table = comparison_markdown(reports)
+    table = comparison_markdown(reports) + "\n" + pair_quality_markdown(pairs)
     (output / "report.md").write_text(
         f"# Shapes world: hallucination on {num_scenes} held-out scenes\n\n{table}\n"
         "CHAIR_i: share of the objects named in captions that are not in the image (a wrong colour "
@@ -274,8 +284,10 @@ def write_report(output: Path, reports: dict[str, dict]) -> None:
         "mentions by kind: an absent companion is the language prior the noisy annotator taught; wrong "
         "shapes, wrong colours and swapped attributes are errors of perception. The clean-labels policy "
         "is the base policy's SFT with the annotator's noise removed; the oracle's pairs are picked by "
-        "the scenes' truth, the bound a method's scorer can reach. Per-model reports are in eval/, "
-        "oracle/round_<k>/eval/ and csr/round_<k>/eval/.\n"
+        "the scenes' truth, the bound a method's scorer can reach. The last table judges each round's "
+        "pairs by the scenes' truth: a scorer that loses the signal picks chosen responses hardly more "
+        "truthful than the rejected ones. Per-model reports are in eval/, oracle/round_<k>/eval/ and "
+        "csr/round_<k>/eval/.\n"
         "\n![metrics](report.png)\n"
     )
     comparison_chart(reports, output / "report.png")

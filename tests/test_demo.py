@@ -80,12 +80,17 @@ def test_the_quick_demo_trains_publishes_evaluates_and_reports_every_row(tmp_pat
     captions = report["captions"]
     row = f"| base policy (SFT) | {captions['chair_i']:.3f} | {captions['chair_s']:.3f} |"
     assert row in result.stdout and row in markdown
-    for name in ROWS:
-        assert markdown.count(f"| {name} |") == 2, name
+    for name in ROWS:  # the headline, the breakdown and, for a round, its pairs
+        assert markdown.count(f"| {name} |") == (3 if "round" in name else 2), name
         assert f"| {name} |" in result.stdout
     low, high = captions["intervals_95"]["chair_i"]  # how far apart two rows must be to differ
     assert f"| {low:.3f}-{high:.3f} |" in markdown
     assert "| absent companions | wrong shape |" in markdown
+    # Each round's pairs, judged by the scenes' truth, with as many rows as the round's pairs.
+    assert "| pairs | rows | chosen CHAIR_i | rejected CHAIR_i |" in markdown
+    for run_name, title in (("oracle", "oracle (scene truth)"), ("csr", "CSR")):
+        summary = json.loads((output / run_name / "summary.json").read_text())
+        assert f"| {title} round 1 | {summary['rounds'][0]['pairs']['rows']} | " in markdown
     assert (output / "report.png").read_bytes().startswith(b"\x89PNG")
 
 

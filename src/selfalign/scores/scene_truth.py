@@ -71,6 +71,16 @@ class SceneTruthScorer:
         }
         self.stats = ScorerStats()
 
+    def objects_in(self, image: Image.Image) -> list[str]:
+        """The objects ("<colour> <shape>") of the scene `image` shows."""
+        objects = self.objects.get(_pixels_key(image))
+        if objects is None:
+            raise SelfAlignError(
+                "the scene-truth scorer got an image that is not one of its scenes: it scores only the "
+                "images of the dataset it was given"
+            )
+        return objects
+
     def score(self, images: Sequence[Image.Image], sentences: Sequence[Sequence[str]]) -> list[list[float]]:
         """For each image i, the truth score of each of `sentences[i]`, in the order given."""
         check_sentence_groups(images, sentences)
@@ -79,12 +89,7 @@ class SceneTruthScorer:
             if not group:
                 scores.append([])
                 continue
-            objects = self.objects.get(_pixels_key(image))
-            if objects is None:
-                raise SelfAlignError(
-                    "the scene-truth scorer got an image that is not one of its scenes: it scores only the "
-                    "images of the dataset it was given"
-                )
+            objects = self.objects_in(image)
             scores.append([float(sentence_truth_score(sentence, objects)) for sentence in group])
             self.stats.images_encoded += 1
             self.stats.sentences_encoded += len(group)
