@@ -46,7 +46,7 @@ TRUNCATED = "truncated"  # shard tally: sentences cut to the scorer's text lengt
 # What the *_clip_score columns hold, by scorer.
 SCORE_NAMES = {
     "clip": "CLIP score (logit scale x cosine)",
-    "scene_truth": "scene-truth score (true object mentions minus false ones; an oracle in CLIP's place)",
+    "scene_truth": "scene-truth score (true object mentions minus ten per false one; an oracle in CLIP's place)",
 }
 
 FEATURES = Features(
