@@ -76,11 +76,11 @@ class Scale:
 
 FULL = Scale(world=(), clip_scenes=20000, clip=(), sft=(), csr_scenes=600, rounds=2)
 QUICK = Scale(
-    world=("--train_scenes", "300", "--eval_scenes", "100"),
-    clip_scenes=2000,
-    clip=("--tower_pretraining_steps", "200", "--max_steps", "100"),
-    sft=("--max_steps", "100"),
-    csr_scenes=24,
+    world=("--train_scenes", "300", "--eval_scenes", "50"),
+    clip_scenes=1500,
+    clip=("--tower_pretraining_steps", "150", "--max_steps", "60"),
+    sft=("--max_steps", "60"),
+    csr_scenes=16,
     rounds=1,
 )
 

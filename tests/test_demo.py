@@ -51,7 +51,7 @@ def test_the_quick_demo_trains_publishes_evaluates_and_reports_every_row(tmp_pat
     assert report["model"]["name_or_path"] == POLICY_ID
     assert report["model"]["revision"] != "local"
     assert report["eval_set"]["name_or_path"] == "selfalign-demo/shapes-eval"
-    assert report["eval_set"]["num_scenes"] == 100  # the quick world's
+    assert report["eval_set"]["num_scenes"] == 50  # the quick world's
     clean = json.loads((output / "eval" / "clean_labels" / "report.json").read_text())
     assert clean["model"]["name_or_path"] == "selfalign-demo/shapes-policy-clean-labels"
     for folder in ("policy", "policy_clean_labels"):
