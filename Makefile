@@ -9,9 +9,8 @@ INSTALLED := $(VENV)/.installed
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	# torch and torchvision first, pinned: this machine serves exactly these CPU-capable builds.
-	# --no-compile: Python compiles only the modules it imports, when it first imports them.
-	$(PYTHON) -m pip install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PYTHON) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
 install: $(INSTALLED)

@@ -89,7 +89,8 @@ def main(
     scorer_model = model_reference(csr_args.clip_model) if csr_args.scorer == "clip" else SCENE_TRUTH_SCORER
     tree_params = csr_args.tree_params()
     search_stats = TreeSearchStats()
-    fusion = f"{csr_args.fusion} (clip_weight {csr_args.clip_weight})"
+    # The sum of scores has no weight to report.
+    fusion = "sum" if csr_args.fusion == "sum" else f"{csr_args.fusion} (clip_weight {csr_args.clip_weight})"
 
     def process_shard(items) -> ShardOutput:
         prompted = prompted_images(source, items, source_args.prompt_set, policy_args)

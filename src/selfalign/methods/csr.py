@@ -151,7 +151,7 @@ class CsrArguments:
             return "by CLIP against the image"
         return (
             "by the scene's truth in CLIP's place (an oracle ablation: the sentence's true object mentions "
-            "minus its false ones)"
+            "minus ten per false one)"
         )
 
     def fusion_description(self) -> str:
